@@ -1,0 +1,66 @@
+# blurvid — make help lists the targets.
+#   make install   virtual environment in .venv from this repo's own files
+#   make demo      make a sample clip and blur its background into output/
+#   make test      the test suite (what CI runs)
+#   make batch     every video in data/ -> output/ (make -j2 batch runs two at once)
+#   make bench     speed benchmark against the reference pipeline
+#   make model     rebuild the training data from ../shared and retrain the default model (hours on CPU)
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+BLURVID := $(BIN)/blurvid
+SHARED ?= ../shared
+MODEL := pipeline/models/person-unet-r18.safetensors
+DATA_CACHE ?= $(HOME)/.cache/blurvid/data
+PROCESS_FLAGS ?=
+
+VIDEOS := $(wildcard data/*.mp4 data/*.mov data/*.mkv data/*.webm data/*.mpg data/*.avi)
+OUTPUTS := $(patsubst data/%,output/%.mp4,$(basename $(VIDEOS)))
+
+.PHONY: help install demo test batch bench model clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(BIN)/activate: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,sample]'
+	touch $@
+
+install: $(BIN)/activate  ## create .venv with blurvid and its dependencies
+
+output/sample.mp4: | $(BIN)/activate
+	$(BIN)/python -m pipeline.sample $@
+
+demo: output/sample.mp4 $(BIN)/activate  ## make a sample clip and blur its background -> output/sample_blurred.mp4
+	$(BLURVID) process output/sample.mp4 -o output/sample_blurred.mp4 --overwrite --thumb-every 10
+	$(BLURVID) preview output/sample_blurred_thumbs
+
+test: $(BIN)/activate  ## run the test suite
+	$(BIN)/python -m pytest -q
+
+batch: $(OUTPUTS)  ## every video in data/ -> output/NAME.mp4 (make -j2 batch for two at once)
+
+# One pattern rule per input extension: make picks the one whose source exists.
+define video_rule
+output/%.mp4: data/%.$(1) $$(MODEL) | $$(BIN)/activate
+	$$(BLURVID) process $$< -o $$@ --overwrite --quiet $$(PROCESS_FLAGS)
+endef
+$(foreach ext,mp4 mov mkv webm mpg avi,$(eval $(call video_rule,$(ext))))
+
+bench: $(BIN)/activate  ## benchmark against the reference pipeline (writes output/bench.json)
+	$(BIN)/python -m pipeline.bench --shared $(SHARED) --json output/bench.json
+
+model: $(BIN)/activate  ## rebuild training data from ../shared and retrain the default model
+	$(BIN)/python -m pipeline.dataprep --shared $(SHARED) --out $(DATA_CACHE)
+	$(BLURVID) train $(DATA_CACHE)/train -o $(MODEL) --epochs 40 --size 224 --bs 16
+
+clean:  ## remove outputs (keeps data/ and the model)
+	rm -rf output/*

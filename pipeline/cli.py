@@ -1,0 +1,179 @@
+"""The `blurvid` command line: parse, validate, call the library. Nothing else lives here.
+
+    blurvid process input.mp4 -o out.mp4
+    blurvid preview out_thumbs/
+    blurvid train data/me -o models/me.safetensors --from pipeline/models/person-unet-r18.safetensors
+
+User errors (pipeline.errors.BlurvidError) print one line on stderr and exit 1; bad option values
+exit 2 (click's usage errors).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.errors import BlurvidError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class SizeType(click.ParamType):
+    """A WxH size such as 640x360."""
+
+    name = "WxH"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            w, h = (int(v) for v in str(value).lower().split("x"))
+        except ValueError:
+            self.fail(f"{value!r} is not a size like 640x360", param, ctx)
+        if not (2 <= w <= 16384 and 2 <= h <= 16384):
+            self.fail(f"{value!r}: width and height must be between 2 and 16384", param, ctx)
+        return w, h
+
+
+SIZE = SizeType()
+
+
+class BlurvidGroup(click.Group):
+    """Turns user errors into one clean line on stderr instead of a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BlurvidError as e:
+            raise click.ClickException(str(e)) from e
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter("no CUDA device is available here", param_hint="--device")
+    return device
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import cv2
+        import torch
+
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
+
+
+@click.group(cls=BlurvidGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="blurvid")
+def main() -> None:
+    """Blur or replace the background behind people in video files."""
+
+
+model_option = click.option(
+    "--model", "model_path", type=click.Path(path_type=Path), default=None,
+    help="Model file: NAME.safetensors (+ NAME.json), or a fastai learn.export() .pkl "
+         "(pickle runs code: only load files you trust). Default: the shipped person model.")
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output .mp4 file.")
+@model_option
+@click.option("--blur", type=click.IntRange(1, 100), default=21, show_default=True,
+              help="Background blur strength (1 = light, 100 = heavy).")
+@click.option("--size", type=SIZE, default=None, help="Output size WxH (default: the source's).")
+@click.option("--work-size", type=SIZE, default=None,
+              help="Model input size WxH (default: the model's, fitted to the video's aspect).")
+@click.option("--crf", type=click.IntRange(0, 51), default=20, show_default=True,
+              help="H.264 quality: lower is better and bigger.")
+@click.option("--preset", type=click.Choice(["ultrafast", "superfast", "veryfast", "faster", "fast",
+                                             "medium", "slow", "slower", "veryslow"]),
+              default="veryfast", show_default=True, help="H.264 encoder speed preset.")
+@click.option("--thumb-every", type=click.IntRange(min=0), default=25, show_default=True,
+              help="Save every Nth frame as a JPEG beside the output (0: none).")
+@click.option("--batch-size", type=click.IntRange(1, 256), default=4, show_default=True,
+              help="Frames per model call.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for the model and OpenCV (default: all cores).")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def process(input_path: Path, output: Path, model_path: Path | None, blur: int, size, work_size,
+            crf: int, preset: str, thumb_every: int, batch_size: int, device: str,
+            threads: int | None, overwrite: bool, quiet: bool) -> None:
+    """Blur the background behind people in INPUT, writing an H.264 mp4 with INPUT's audio."""
+    from tqdm import tqdm
+
+    from pipeline.process import ProcessOptions, process_video
+    from pipeline.segment import load_segmenter
+
+    _set_threads(threads)
+    options = ProcessOptions(blur=blur, size=size, work_size=work_size, crf=crf, preset=preset,
+                             thumb_every=thumb_every, batch_size=batch_size, overwrite=overwrite)
+    segmenter = load_segmenter(model_path, device=_resolve_device(device))
+    bar = tqdm(unit="frame", disable=quiet, desc=input_path.name, dynamic_ncols=True)
+    with bar:
+        report = process_video(input_path, output, options, segmenter=segmenter,
+                               progress=bar.update,
+                               on_start=lambda info: setattr(bar, "total", info.frames))
+    if not quiet:
+        click.echo(f"{output}: {report.frames} frames in {report.seconds:.1f} s "
+                   f"({report.fps:.1f} fps)", err=True)
+
+
+@main.command()
+@click.argument("thumb_dir", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("--columns", type=click.IntRange(1, 16), default=4, show_default=True)
+def preview(thumb_dir: Path, columns: int) -> None:
+    """Make a contact sheet (PNG) and an index.html gallery of the thumbnails in DIR."""
+    from pipeline.preview import make_preview
+
+    video = thumb_dir.with_name(thumb_dir.name.removesuffix("_thumbs") + ".mp4")
+    sheet, page = make_preview(thumb_dir, columns=columns, video=video if video.is_file() else None)
+    click.echo(f"{sheet}\n{page}")
+
+
+@main.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Model to write: NAME.safetensors (+ NAME.json).")
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--minutes", type=click.FloatRange(min=0.1), default=None,
+              help="Instead of --epochs: as many epochs as fit in this many minutes.")
+@click.option("--size", type=click.IntRange(32, 2048), default=160, show_default=True,
+              help="Square training crop size.")
+@click.option("--work-size", type=SIZE, default="256x144", show_default=True,
+              help="Inference size WxH recorded in the model.")
+@click.option("--bs", type=click.IntRange(min=1), default=16, show_default=True, help="Batch size.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
+@click.option("--valid-pct", type=click.FloatRange(0.01, 0.9), default=0.1, show_default=True)
+@click.option("--valid-list", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="File of image names (stems) to validate on instead of a random split.")
+@click.option("--from", "from_model", type=click.Path(path_type=Path), default=None,
+              help="Fine-tune this model instead of starting from scratch.")
+@click.option("--resume", is_flag=True, help="Continue from the last epoch checkpoint.")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where epoch checkpoints go (default: ~/.cache/blurvid/checkpoints).")
+@click.option("--export-pkl", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a fastai learn.export() .pkl here.")
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader workers.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+def train(data: Path, output: Path, epochs: int, minutes, size: int, work_size, bs: int, lr: float,
+          valid_pct: float, valid_list, from_model, resume: bool, checkpoint_dir, export_pkl,
+          workers, device: str) -> None:
+    """Train the person U-Net on DATA (images/ and masks/ with matching names)."""
+    from pipeline.train import DEFAULT_CHECKPOINTS, TrainOptions
+    from pipeline.train import train as run_training
+
+    opts = TrainOptions(epochs=epochs, minutes=minutes, size=size, bs=bs, lr=lr, valid_pct=valid_pct,
+                        valid_list=valid_list, work_size=work_size, from_model=from_model,
+                        resume=resume, checkpoint_dir=checkpoint_dir or DEFAULT_CHECKPOINTS,
+                        export_pkl=export_pkl, num_workers=workers,
+                        device=_resolve_device(device))
+    run_training(data, output, opts, log=lambda msg: click.echo(msg, err=True))
+

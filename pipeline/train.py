@@ -1,0 +1,239 @@
+"""Train the person U-Net with fastai on a folder of images/ and masks/.
+
+    from pipeline.train import TrainOptions, train
+    train(Path("data/me"), Path("models/me.safetensors"), TrainOptions(epochs=20, size=160))
+
+DATA holds images/NAME.{jpg,png} and masks/NAME.png with matching names; mask values 0/255 or 0/1,
+any size. The recipe: fastai DataBlock (ImageBlock + MaskBlock), `unet_learner` over a ResNet18
+with no pretrained weights (none can be downloaded here), webcam-minded augmentation (flips,
+scale/crop, lighting, blur, noise, JPEG), fit_one_cycle, a checkpoint every epoch so a killed run
+resumes, and `from_model` to fine-tune an existing model on a user's own footage.
+"""
+
+from __future__ import annotations
+
+import io
+import platform
+import random
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import fastai.callback.fp16  # noqa: F401  (patches Learner.to_bf16)
+import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle)
+from fastai.callback.tracker import SaveModelCallback
+from fastai.data.block import DataBlock
+from fastai.data.transforms import FuncSplitter, RandomSplitter, get_image_files
+from fastai.losses import CrossEntropyLossFlat
+from fastai.metrics import JaccardCoeff
+from fastai.vision.augment import RandomResizedCrop, RandTransform, aug_transforms
+from fastai.vision.core import PILImage, PILMask
+from fastai.vision.data import ImageBlock, MaskBlock
+from fastai.vision.learner import unet_learner
+from fastai.vision.models import resnet18
+from PIL import Image
+
+from pipeline.errors import InputError, ModelError
+from pipeline.segment import ModelConfig, load_model, save_model
+
+CODES = ["background", "person"]
+DEFAULT_CHECKPOINTS = Path.home() / ".cache" / "blurvid" / "checkpoints"
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How to train; every field is a CLI option of `blurvid train`."""
+
+    epochs: int = 20
+    minutes: float | None = None    # instead of epochs: as many epochs as fit in this time budget
+    size: int = 160                 # square training crop; inference runs at the model's work_size
+    bs: int = 16
+    lr: float = 2e-3
+    valid_pct: float = 0.1          # random validation split, unless valid_list names the images
+    valid_list: Path | None = None  # a file of image stems to validate on
+    seed: int = 42
+    work_size: tuple[int, int] = (256, 144)  # (w, h) recorded in the model config
+    from_model: Path | None = None  # fine-tune these weights instead of starting from scratch
+    resume: bool = False            # continue from the last epoch checkpoint in checkpoint_dir
+    checkpoint_dir: Path = DEFAULT_CHECKPOINTS
+    export_pkl: Path | None = None  # also write a fastai learn.export() .pkl
+    num_workers: int | None = None  # DataLoader workers (None: fastai's default)
+    device: str | None = None       # None: CUDA when available
+    mixed_precision: bool = True    # bf16 autocast on CUDA
+
+
+class MaskFromName:
+    """get_y for the DataBlock: images/NAME.jpg -> masks/NAME.png as a 0/1 PILMask.
+
+    A module-level class (not a notebook lambda) so exported learners unpickle anywhere.
+    """
+
+    def __init__(self, masks_dir: Path):
+        self.masks_dir = Path(masks_dir)
+        self.by_stem = {p.stem: p for p in self.masks_dir.iterdir() if p.is_file()}
+
+    def __call__(self, img_path: Path) -> PILMask:
+        msk = np.asarray(Image.open(self.by_stem[Path(img_path).stem]).convert("L"))
+        threshold = 127 if msk.max() > 1 else 0   # 0/255 and 0/1 masks both work
+        return PILMask.create((msk > threshold).astype(np.uint8))
+
+
+class WebcamDegrade(RandTransform):
+    """Blur, sensor noise and JPEG re-compression, as webcams and video codecs produce them.
+
+    Runs on images only (masks pass through) before the crop, on the item in PIL form.
+    """
+
+    split_idx, order = 0, 2   # training set only; before RandomResizedCrop (order 1 runs first)
+
+    def __init__(self, p: float = 0.5):
+        super().__init__(p=p)
+
+    def before_call(self, b, split_idx):
+        super().before_call(b, split_idx)
+        self.kind = random.choice(("blur", "noise", "jpeg"))
+        self.amount = random.random()
+
+    def encodes(self, img: PILImage) -> PILImage:
+        arr = np.asarray(img)
+        if self.kind == "blur":
+            k = 3 + 2 * int(self.amount * 2)
+            arr = cv2.GaussianBlur(arr, (k, k), 0)
+        elif self.kind == "noise":
+            noise = np.random.normal(0, 3 + 9 * self.amount, arr.shape)
+            arr = np.clip(arr + noise, 0, 255).astype(np.uint8)
+        else:
+            buf = io.BytesIO()
+            Image.fromarray(arr).save(buf, format="JPEG", quality=int(25 + 50 * self.amount))
+            arr = np.asarray(Image.open(buf).convert("RGB"))
+        return PILImage.create(arr)
+
+
+def find_pairs(data: Path) -> list[Path]:
+    """Images in DATA/images that have a mask in DATA/masks; InputError if there are none."""
+    images, masks = data / "images", data / "masks"
+    if not images.is_dir() or not masks.is_dir():
+        raise InputError(f"{data}: expected a folder with images/ and masks/ inside")
+    mask_stems = {p.stem for p in masks.iterdir()}
+    pairs = [p for p in get_image_files(images) if p.stem in mask_stems]
+    if not pairs:
+        raise InputError(f"{data}: no image in images/ has a mask with the same name in masks/")
+    return sorted(pairs)
+
+
+def make_dataloaders(data: Path, opts: TrainOptions, device: torch.device):
+    """fastai DataLoaders over DATA's image/mask pairs with webcam-minded augmentation."""
+    if opts.valid_list is not None:
+        valid_stems = set(Path(opts.valid_list).read_text().split())
+        splitter = FuncSplitter(lambda p: Path(p).stem in valid_stems)
+    else:
+        splitter = RandomSplitter(valid_pct=opts.valid_pct, seed=opts.seed)
+    block = DataBlock(
+        blocks=(ImageBlock, MaskBlock(codes=CODES)),
+        get_items=lambda _: find_pairs(data),
+        get_y=MaskFromName(data / "masks"),
+        splitter=splitter,
+        item_tfms=[WebcamDegrade(p=0.4), RandomResizedCrop(opts.size, min_scale=0.3, ratio=(0.6, 1.7))],
+        batch_tfms=aug_transforms(max_rotate=10, max_zoom=1.1, max_lighting=0.4, max_warp=0.1,
+                                  p_lighting=0.8),
+    )
+    kwargs = {} if opts.num_workers is None else {"num_workers": opts.num_workers}
+    return block.dataloaders(data, bs=opts.bs, device=device, seed=opts.seed, **kwargs)
+
+
+@dataclass
+class TrainResult:
+    """What `train` wrote and how the loss went."""
+
+    path: Path                # the .safetensors written (its .json is beside it)
+    losses: list[float]       # training loss per batch, in order
+    valid_iou: float
+
+
+def train(data: Path, out: Path, opts: TrainOptions = TrainOptions(), *, log=print) -> TrainResult:
+    """Train on DATA and write OUT (.safetensors + .json)."""
+    data, out = Path(data), Path(out)
+    device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(opts.seed)
+    random.seed(opts.seed)
+    np.random.seed(opts.seed)
+    dls = make_dataloaders(data, opts, device)
+    config = ModelConfig(work_size=opts.work_size)
+    if opts.from_model is not None:
+        _, base = load_model(opts.from_model)
+        config = replace(base, work_size=opts.work_size or base.work_size, metrics={})
+    learn = unet_learner(dls, resnet18, pretrained=False, n_out=len(CODES),
+                         loss_func=CrossEntropyLossFlat(axis=1), metrics=[JaccardCoeff()],
+                         path=opts.checkpoint_dir, model_dir=".", **config.unet)
+    if opts.from_model is not None:
+        model, _ = load_model(opts.from_model)
+        learn.model.load_state_dict(model.state_dict())
+    if device.type == "cuda" and opts.mixed_precision:
+        learn = learn.to_bf16()
+
+    start_epoch = 0
+    checkpoint = opts.checkpoint_dir / "last.pth"
+    if opts.resume:
+        if not checkpoint.is_file():
+            raise ModelError(f"{checkpoint}: no checkpoint to resume from")
+        learn.load("last", device=device, with_opt=True)
+        start_epoch = int((opts.checkpoint_dir / "last.epoch").read_text()) + 1
+        log(f"resuming after epoch {start_epoch}")
+
+    started = time.time()
+    epochs = opts.epochs
+    if opts.minutes is not None and not opts.resume:
+        epochs = _epochs_within(learn, opts.minutes * 60, opts.lr, log=log)
+    learn.fit_one_cycle(epochs, opts.lr, start_epoch=start_epoch,
+                        cbs=[EpochCheckpoint(opts.checkpoint_dir)])
+    minutes = (time.time() - started) / 60
+
+    valid_loss, valid_iou = (float(v) for v in learn.validate())
+    config = replace(config, training={
+        **config.training,
+        "data": str(data), "images": len(dls.train_ds) + len(dls.valid_ds),
+        "epochs": epochs, "size": opts.size, "bs": opts.bs, "lr": opts.lr,
+        "from_model": str(opts.from_model) if opts.from_model else None,
+        "minutes": round(minutes, 1), "device": _describe_device(device),
+        "valid_loss": round(valid_loss, 4), "valid_iou": round(valid_iou, 4),
+    })
+    path = save_model(learn.model.float(), config, out)
+    log(f"wrote {path} (valid IoU {valid_iou:.4f}, {minutes:.1f} min)")
+    if opts.export_pkl is not None:
+        learn.export(Path(opts.export_pkl).absolute())
+    return TrainResult(path=path, losses=[float(v) for v in learn.recorder.losses], valid_iou=valid_iou)
+
+
+def _epochs_within(learn, seconds: float, lr: float, *, log=print) -> int:
+    """Times one gentle warm-up epoch and returns how many one-cycle epochs fit in the rest of `seconds`."""
+    started = time.time()
+    learn.fit(1, lr / 10)
+    per_epoch = time.time() - started
+    epochs = max(1, int((seconds - per_epoch) / (per_epoch * 1.05)))
+    log(f"one epoch takes {per_epoch:.1f} s: training {epochs} epochs in the time budget")
+    return epochs
+
+
+class EpochCheckpoint(SaveModelCallback):
+    """Saves model and optimiser after every epoch as `last`, noting the epoch, so training resumes."""
+
+    def __init__(self, folder: Path):
+        super().__init__(fname="last", every_epoch=True, with_opt=True)
+        self.folder = Path(folder)
+
+    def after_epoch(self):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._save("last")
+        (self.folder / "last.epoch").write_text(str(self.epoch))
+
+    def after_fit(self, **kwargs):
+        pass
+
+
+def _describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
