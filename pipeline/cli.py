@@ -111,16 +111,26 @@ def process(input_path: Path, output: Path, model_path: Path | None, blur: int, 
 
     from pipeline.process import ProcessOptions, process_video
     from pipeline.segment import load_segmenter
+    from pipeline.video import VideoReader
 
     _set_threads(threads)
+    with VideoReader(input_path):   # a bad input is reported before the model is loaded
+        pass
     options = ProcessOptions(blur=blur, size=size, work_size=work_size, crf=crf, preset=preset,
                              thumb_every=thumb_every, batch_size=batch_size, overwrite=overwrite)
     segmenter = load_segmenter(model_path, device=_resolve_device(device))
-    bar = tqdm(unit="frame", disable=quiet, desc=input_path.name, dynamic_ncols=True)
-    with bar:
+    bars: list[tqdm] = []   # made once the input has opened, so a bad input prints only its error
+
+    def start(info) -> None:
+        bars.append(tqdm(total=info.frames, unit="frame", disable=quiet, desc=input_path.name,
+                         dynamic_ncols=True))
+
+    try:
         report = process_video(input_path, output, options, segmenter=segmenter,
-                               progress=bar.update,
-                               on_start=lambda info: setattr(bar, "total", info.frames))
+                               progress=lambda n: bars[0].update(n), on_start=start)
+    finally:
+        for bar in bars:
+            bar.close()
     if not quiet:
         click.echo(f"{output}: {report.frames} frames in {report.seconds:.1f} s "
                    f"({report.fps:.1f} fps)", err=True)
@@ -177,3 +187,68 @@ def train(data: Path, output: Path, epochs: int, minutes, size: int, work_size, 
                         device=_resolve_device(device))
     run_training(data, output, opts, log=lambda msg: click.echo(msg, err=True))
 
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path), required=False)
+@click.option("--split", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Only the image names listed in this file (e.g. a dataset's test.txt).")
+@click.option("--video", type=click.Path(path_type=Path), default=None,
+              help="Also measure flicker (mean |m_t - m_t-1|) on this video.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+def evaluate(model_path: Path, data: Path | None, split, video, as_json: bool, device: str) -> None:
+    """Score MODEL ('default' for the shipped one) on DATA (images/ + masks/): IoU, MAD, boundary F."""
+    import json
+
+    from tqdm import tqdm
+
+    from pipeline.evaluate import evaluate_masks, video_flicker
+    from pipeline.segment import load_segmenter
+
+    if data is None and video is None:
+        raise click.UsageError("give DATA, --video, or both")
+    seg = load_segmenter(None if str(model_path) == "default" else model_path,
+                         device=_resolve_device(device))
+    result: dict = {"model": str(model_path)}
+    if data is not None:
+        with tqdm(unit="image", disable=as_json, desc="evaluate", leave=False) as bar:
+            result.update(vars(evaluate_masks(seg, data, split=split, progress=bar.update)))
+    if video is not None:
+        result["flicker"] = video_flicker(seg, video)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        for key, value in result.items():
+            click.echo(f"{key:<14}{value:.4f}" if isinstance(value, float) else f"{key:<14}{value}")
+
+
+@main.command()
+@click.argument("video", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the frames (created).")
+@click.option("--every", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Keep every Nth frame.")
+def frames(video: Path, output: Path, every: int) -> None:
+    """Save every Nth frame of VIDEO as JPEG, to start a training set from your own footage."""
+    from pipeline.label import extract_frames
+
+    written = extract_frames(video, output, every=every)
+    click.echo(f"{output}: {written} frames")
+
+
+@main.command()
+@click.argument("images", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the draft masks (PNG, 0/255) and overlays/ previews.")
+@model_option
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+def label(images: Path, output: Path, model_path, device: str) -> None:
+    """Draft masks for a folder of frames, to correct by hand and then fine-tune with `train --from`."""
+    from pipeline.label import draft_masks
+    from pipeline.segment import load_segmenter
+
+    seg = load_segmenter(model_path, device=_resolve_device(device))
+    written = draft_masks(seg, images, output)
+    click.echo(f"{output}: {written} masks (previews in {output / 'overlays'})")

@@ -87,8 +87,10 @@ class ModelConfig:
 
 def build_unet(config: ModelConfig) -> nn.Module:
     """A fresh (randomly initialised) fastai DynamicUnet with a ResNet18 encoder, as `config` says."""
-    from fastai.vision.learner import create_unet_model
-    from fastai.vision.models import resnet18
+    with warnings.catch_warnings():   # fastai's imports warn about torch.jit and pandas options
+        warnings.simplefilter("ignore")
+        from fastai.vision.learner import create_unet_model
+        from fastai.vision.models import resnet18
 
     if config.arch != "resnet18":
         raise ModelError(f"unknown architecture {config.arch!r}: only 'resnet18' is supported")

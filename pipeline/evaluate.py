@@ -1,0 +1,153 @@
+"""Measure a person model: IoU, MAD and boundary F-score on masks, flicker on a video.
+
+    scores = evaluate_masks(load_segmenter(), Path("data/test"))        # images/ + masks/
+    print(scores.iou, scores.mad, scores.boundary_f)
+    print(video_flicker(load_segmenter(), Path("talking.mp4")))
+
+Predictions are made the way `blurvid process` makes them: the frame resized to the model's working
+size (fitted to its aspect), the soft mask upsampled edge-aware to the mask's size. Means are over
+images (each image counts once, as in the EG1800 literature).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.composite import upsample_alpha
+from pipeline.errors import InputError
+from pipeline.process import fit_work_size
+from pipeline.segment import Segmenter
+from pipeline.video import VideoReader
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass
+class MaskScores:
+    """Mean per-image scores over a folder; higher is better except MAD."""
+
+    images: int
+    iou: float          # intersection over union at p > 0.5
+    mad: float          # mean absolute difference of the soft mask from the 0/1 truth
+    boundary_f: float   # F-score of the predicted edge against the true edge, within a small tolerance
+    ms_per_image: float
+
+    def table(self) -> str:
+        return (f"images       {self.images}\nIoU          {self.iou:.4f}\nMAD          {self.mad:.4f}\n"
+                f"boundary F   {self.boundary_f:.4f}\nms/image     {self.ms_per_image:.1f}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    """IoU of two boolean masks; two empty masks agree perfectly (1.0)."""
+    union = np.logical_or(pred, truth).sum()
+    return 1.0 if union == 0 else float(np.logical_and(pred, truth).sum() / union)
+
+
+def boundary_f(pred: np.ndarray, truth: np.ndarray, tolerance: int | None = None) -> float:
+    """F-score of boundary pixels matched within `tolerance` px (default: 1 % of the diagonal, ≥ 2)."""
+    h, w = truth.shape
+    tolerance = tolerance or max(2, round(0.01 * np.hypot(h, w)))
+    edge_p, edge_t = _edges(pred), _edges(truth)
+    if not edge_p.any() and not edge_t.any():
+        return 1.0
+    if not edge_p.any() or not edge_t.any():
+        return 0.0
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * tolerance + 1, 2 * tolerance + 1))
+    near_t = cv2.dilate(edge_t.astype(np.uint8), kernel) > 0
+    near_p = cv2.dilate(edge_p.astype(np.uint8), kernel) > 0
+    precision = (edge_p & near_t).sum() / edge_p.sum()
+    recall = (edge_t & near_p).sum() / edge_t.sum()
+    return 0.0 if precision + recall == 0 else float(2 * precision * recall / (precision + recall))
+
+
+def _edges(mask: np.ndarray) -> np.ndarray:
+    m = mask.astype(np.uint8)
+    return cv2.morphologyEx(m, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+
+
+def predict_full(segmenter: Segmenter, rgb: np.ndarray) -> np.ndarray:
+    """p(person) for one RGB image at its own size, as `blurvid process` would compute it."""
+    h, w = rgb.shape[:2]
+    work = fit_work_size(segmenter.work_size, (w, h))
+    small = cv2.resize(rgb, work, interpolation=cv2.INTER_AREA)
+    prob = segmenter(small[None])[0]
+    return upsample_alpha(prob, rgb).astype(np.float32) / 255.0
+
+
+def mask_pairs(data: Path, split: Path | None = None) -> list[tuple[Path, Path]]:
+    """(image, mask) paths in DATA/images and DATA/masks with matching stems, optionally limited to
+    the stems listed in `split` (one per line, like EG1800's test.txt)."""
+    images, masks = Path(data) / "images", Path(data) / "masks"
+    if not images.is_dir() or not masks.is_dir():
+        raise InputError(f"{data}: expected a folder with images/ and masks/ inside")
+    by_stem = {p.stem: p for p in masks.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    wanted = set(Path(split).read_text().split()) if split else None
+    pairs = [(p, by_stem[p.stem]) for p in sorted(images.iterdir())
+             if p.suffix.lower() in IMAGE_SUFFIXES and p.stem in by_stem
+             and (wanted is None or p.stem in wanted)]
+    if not pairs:
+        raise InputError(f"{data}: no image has a mask with the same name"
+                         + (f" among the names in {split}" if split else ""))
+    return pairs
+
+
+def evaluate_masks(segmenter: Segmenter, data: Path, *, split: Path | None = None,
+                   progress: Callable[[int], None] | None = None) -> MaskScores:
+    """Scores of `segmenter` on DATA's image/mask pairs (see the module docstring)."""
+    import time
+
+    ious, mads, bfs, seconds = [], [], [], 0.0
+    pairs = mask_pairs(data, split)
+    for img_path, msk_path in pairs:
+        bgr = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
+        msk = cv2.imread(str(msk_path), cv2.IMREAD_GRAYSCALE)
+        if bgr is None or msk is None:
+            raise InputError(f"{img_path if bgr is None else msk_path}: not an image OpenCV can read")
+        truth = msk > (127 if msk.max() > 1 else 0)
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        if rgb.shape[:2] != truth.shape:
+            rgb = cv2.resize(rgb, truth.shape[::-1], interpolation=cv2.INTER_AREA)
+        t0 = time.perf_counter()
+        prob = predict_full(segmenter, rgb)
+        seconds += time.perf_counter() - t0
+        pred = prob > 0.5
+        ious.append(iou(pred, truth))
+        mads.append(float(np.abs(prob - truth).mean()))
+        bfs.append(boundary_f(pred, truth))
+        if progress:
+            progress(1)
+    return MaskScores(images=len(pairs), iou=float(np.mean(ious)), mad=float(np.mean(mads)),
+                      boundary_f=float(np.mean(bfs)), ms_per_image=1000 * seconds / len(pairs))
+
+
+def video_flicker(segmenter: Segmenter, video: Path, *, max_frames: int | None = 250,
+                  smoother=None) -> float:
+    """Mean |m_t − m_{t−1}| of the soft mask over consecutive frames (lower is steadier).
+
+    Measured at the working size, where the model's own jitter lives; `smoother`, if given, is
+    applied to each probability map in order (temporal smoothing under test).
+    """
+    diffs, previous = [], None
+    with VideoReader(video) as reader:
+        work = fit_work_size(segmenter.work_size, (reader.info.width, reader.info.height))
+        for frame in reader:
+            if max_frames is not None and frame.index >= max_frames:
+                break
+            prob = segmenter(cv2.resize(frame.rgb, work, interpolation=cv2.INTER_AREA)[None])[0]
+            if smoother is not None:
+                prob = smoother(prob)
+            if previous is not None:
+                diffs.append(float(np.abs(prob - previous).mean()))
+            previous = prob
+    if not diffs:
+        raise InputError(f"{video}: needs at least two frames to measure flicker")
+    return float(np.mean(diffs))

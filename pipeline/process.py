@@ -1,0 +1,278 @@
+"""The pipeline: decode → segment → composite → encode, streaming, with the audio kept.
+
+    report = process_video("in.mp4", "out.mp4", ProcessOptions(blur=21))
+    print(report.frames, report.fps)
+
+Decoding and encoding each run in their own thread beside inference (PyAV, OpenCV and torch release
+the GIL), joined by bounded queues so memory stays flat however long the video is. The output is
+written under a temporary name and renamed when complete: a failure or Ctrl-C leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.composite import Compositor
+from pipeline.errors import OutputError
+from pipeline.preview import thumb_name
+from pipeline.segment import Segmenter, load_segmenter
+from pipeline.video import Frame, VideoInfo, VideoReader, VideoWriter, atomic_output
+
+QUEUE_FRAMES = 16  # frames in flight between two stages; bounds memory
+
+
+@dataclass(frozen=True)
+class ProcessOptions:
+    """What `blurvid process` does to a video; every field is a CLI option."""
+
+    blur: int = 21                            # background blur strength
+    size: tuple[int, int] | None = None       # (w, h) output size; None keeps the source size
+    work_size: tuple[int, int] | None = None  # (w, h) model input; None: the model's, fitted to the aspect
+    crf: int = 20                             # x264 quality: lower is better and bigger
+    preset: str = "veryfast"                  # x264 speed/size trade-off
+    thumb_every: int = 25                     # save every Nth composited frame as JPEG; 0: none
+    batch_size: int = 4                       # frames per forward pass
+    overwrite: bool = False
+
+
+@dataclass
+class ProcessReport:
+    """What a run did and where the time went (seconds per stage, summed over frames)."""
+
+    output: Path
+    frames: int = 0
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    thumbs: Path | None = None
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds else 0.0
+
+
+def thumbs_dir_for(output: Path) -> Path:
+    """Where the thumbnails of `output` go: a folder beside it named after it (out.mp4 → out_thumbs/)."""
+    return output.with_name(f"{output.stem}_thumbs")
+
+
+def fit_work_size(work_size: tuple[int, int], frame_size: tuple[int, int], multiple: int = 16) -> tuple[int, int]:
+    """The model's pixel budget reshaped to the frame's aspect ratio, in multiples of `multiple`.
+
+    A landscape model size (256×144) becomes 144×256 for a portrait phone video instead of squashing it.
+    """
+    (w, h), (fw, fh) = work_size, frame_size
+    aspect = fw / fh
+    area = w * h
+    new_w = math.sqrt(area * aspect)
+    new_h = area / new_w
+    return (max(multiple, round(new_w / multiple) * multiple),
+            max(multiple, round(new_h / multiple) * multiple))
+
+
+def process_video(src: str | Path, dst: str | Path, options: ProcessOptions = ProcessOptions(), *,
+                  segmenter: Segmenter | None = None, compositor: Compositor | None = None,
+                  progress: Callable[[int], None] | None = None,
+                  on_start: Callable[[VideoInfo], None] | None = None) -> ProcessReport:
+    """Blur the background of `src` into `dst` (an H.264 mp4 with src's audio); returns a report.
+
+    `progress(n)` is called with the number of frames just finished; `on_start(info)` once the
+    input is open (the CLI sizes its progress bar from it).
+    """
+    src, dst = Path(src), Path(dst)
+    if dst.resolve() == src.resolve():
+        raise OutputError(f"{dst}: output path is the input; choose another output")
+    segmenter = segmenter or load_segmenter()
+    compositor = compositor or Compositor(blur=options.blur)
+    report = ProcessReport(output=dst)
+    started = time.perf_counter()
+
+    with VideoReader(src) as reader, atomic_output(dst, overwrite=options.overwrite) as tmp_dst:
+        info = reader.info
+        out_size = options.size or (info.width, info.height)
+        work_size = options.work_size or fit_work_size(segmenter.work_size, out_size)
+        if on_start:
+            on_start(info)
+        thumbs = _ThumbnailSaver(thumbs_dir_for(dst), options.thumb_every, options.overwrite)
+        with VideoWriter(tmp_dst, info, size=options.size, crf=options.crf, preset=options.preset,
+                         audio_from=src) as writer, thumbs:
+            frames = _resized(reader, options.size, report)
+            decoded = _threaded(frames, maxsize=QUEUE_FRAMES, name="decode")
+            composited = _segment_and_composite(decoded, segmenter, compositor, work_size,
+                                                options.batch_size, report)
+            encoder = _Encoder(writer, thumbs, report, progress)
+            encoder.run(composited)
+        report.thumbs = thumbs.folder if options.thumb_every else None
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+# --- stages ---------------------------------------------------------------------------------------
+
+def _resized(reader: VideoReader, size: tuple[int, int] | None, report: ProcessReport) -> Iterator[Frame]:
+    """Decoded frames, scaled to the output size first so every later stage works at that size."""
+    frames = iter(reader)
+    while True:
+        t0 = time.perf_counter()
+        frame = next(frames, None)
+        if frame is None:
+            return
+        if size and (frame.rgb.shape[1], frame.rgb.shape[0]) != size:
+            frame.rgb = cv2.resize(frame.rgb, size, interpolation=cv2.INTER_AREA)
+        report.stage_seconds["decode"] += time.perf_counter() - t0
+        yield frame
+
+
+def _segment_and_composite(frames: Iterable[Frame], segmenter: Segmenter, compositor: Compositor,
+                           work_size: tuple[int, int], batch_size: int,
+                           report: ProcessReport) -> Iterator[tuple[Frame, np.ndarray]]:
+    """Batches frames through the model, then composites each: yields (frame, com)."""
+    for batch in _batched(frames, batch_size):
+        t0 = time.perf_counter()
+        small = np.stack([cv2.resize(f.rgb, work_size, interpolation=cv2.INTER_AREA) for f in batch])
+        probs = segmenter(small)                            # [B, h, w] float32
+        t1 = time.perf_counter()
+        report.stage_seconds["segment"] += t1 - t0
+        for frame, prob in zip(batch, probs):
+            t0 = time.perf_counter()
+            com, _pha = compositor(frame.rgb, prob)
+            report.stage_seconds["composite"] += time.perf_counter() - t0
+            yield frame, com
+
+
+class _Encoder:
+    """Encodes composited frames (and saves thumbnails) in its own thread."""
+
+    def __init__(self, writer: VideoWriter, thumbs: _ThumbnailSaver, report: ProcessReport,
+                 progress: Callable[[int], None] | None):
+        self.writer, self.thumbs, self.report, self.progress = writer, thumbs, report, progress
+
+    def run(self, composited: Iterable[tuple[Frame, np.ndarray]]) -> None:
+        work: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
+        failure: list[BaseException] = []
+
+        def encode() -> None:
+            try:
+                while (item := work.get()) is not None:
+                    frame, com = item
+                    t0 = time.perf_counter()
+                    self.writer.write(com, frame.pts)
+                    self.thumbs.maybe_save(frame, com)
+                    self.report.stage_seconds["encode"] += time.perf_counter() - t0
+                    self.report.frames += 1
+                    if self.progress:
+                        self.progress(1)
+            except BaseException as e:  # handed to the main thread, which re-raises it
+                failure.append(e)
+                while work.get() is not None:   # drain so the producer never blocks forever
+                    pass
+
+        thread = threading.Thread(target=encode, name="encode", daemon=True)
+        thread.start()
+        try:
+            for item in composited:
+                if failure:
+                    break
+                work.put(item)
+        finally:
+            work.put(None)
+            thread.join()
+        if failure:
+            raise failure[0]
+
+
+class _ThumbnailSaver:
+    """Saves every Nth composited frame as JPEG into a temporary folder, moved into place on success."""
+
+    def __init__(self, folder: Path, every: int, overwrite: bool):
+        self.folder, self.every, self.overwrite = folder, every, overwrite
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> _ThumbnailSaver:
+        if self.every:
+            if self.folder.exists() and not self.overwrite:
+                raise OutputError(f"{self.folder}: thumbnail folder exists (use --overwrite to replace it)")
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.partial-", dir=self.folder.parent))
+        return self
+
+    def maybe_save(self, frame: Frame, com: np.ndarray) -> None:
+        if self.tmp is not None and frame.index % self.every == 0:
+            path = self.tmp / thumb_name(frame.index, frame.time)
+            cv2.imwrite(str(path), cv2.cvtColor(com, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.tmp is None:
+            return
+        if exc_type is None:
+            if self.folder.exists():
+                shutil.rmtree(self.folder)
+            self.tmp.rename(self.folder)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# --- plumbing -------------------------------------------------------------------------------------
+
+def _batched(items: Iterable, n: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+_DONE = object()
+
+
+def _threaded(items: Iterable, *, maxsize: int, name: str) -> Iterator:
+    """Runs the iterable in a background thread, handing items over through a bounded queue.
+
+    Exceptions in the thread are re-raised in the consumer; if the consumer stops early, the thread
+    is told to stop and does not block on the full queue.
+    """
+    handoff: queue.Queue = queue.Queue(maxsize=maxsize)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        handoff.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            handoff.put(_DONE)
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            handoff.put(e)
+
+    thread = threading.Thread(target=produce, name=name, daemon=True)
+    thread.start()
+    try:
+        while (item := handoff.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():          # unblock a producer waiting on a full queue
+            try:
+                handoff.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
