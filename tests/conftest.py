@@ -155,6 +155,24 @@ def _atoms(path: Path) -> list[tuple[str, int]]:
     return boxes
 
 
+def write_silence(container, stream, samples: int = 4800) -> None:
+    """Encodes and muxes `samples` of mono silence into an open audio stream."""
+    frame = av.AudioFrame.from_ndarray(np.zeros((1, samples), np.float32), format="fltp", layout="mono")
+    frame.sample_rate, frame.pts = stream.rate, 0
+    for packet in [*stream.encode(frame), *stream.encode()]:
+        container.mux(packet)
+
+
+def make_empty_video(path: str | Path) -> Path:
+    """A file with a video stream that holds no frame, next to some audio (an mp4 would drop the
+    empty track, so use .mkv)."""
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        write_silence(container, container.add_stream("aac", rate=48000, layout="mono"))
+    return Path(path)
+
+
 def _probe(path: str | Path) -> dict:
     """Facts about a media file, decoded for real:
 

@@ -7,11 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import av
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import make_empty_video
 from pipeline.cli import main
 from pipeline.segment import ModelConfig, build_unet, save_model
 
@@ -66,15 +65,7 @@ def _bad_inputs(tmp_path: Path, clip: Path, tiny_model: Path) -> dict[str, tuple
     text.write_text("hello")
     truncated = tmp_path / "cut.mp4"
     truncated.write_bytes(clip.read_bytes()[: clip.stat().st_size // 3])
-    empty = tmp_path / "empty.mkv"
-    with av.open(str(empty), "w") as c:
-        v = c.add_stream("libx264", rate=25)
-        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
-        a = c.add_stream("aac", rate=48000, layout="mono")
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 4800), np.float32), format="fltp", layout="mono")
-        frame.sample_rate, frame.pts = 48000, 0
-        for packet in [*a.encode(frame), *a.encode()]:
-            c.mux(packet)
+    empty = make_empty_video(tmp_path / "empty.mkv")
     exists = tmp_path / "exists.mp4"
     exists.write_bytes(b"keep me")
     locked = tmp_path / "locked"

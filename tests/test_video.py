@@ -11,6 +11,7 @@ import av
 import numpy as np
 import pytest
 
+from conftest import make_empty_video, write_silence
 from pipeline.errors import InputError, OutputError
 from pipeline.video import VideoInfo, VideoReader, VideoWriter, atomic_output, rotate
 
@@ -244,26 +245,13 @@ def test_text_file_named_mp4(tmp_path):
 def test_audio_only_file(tmp_path):
     path = tmp_path / "tone.m4a"
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("aac", rate=48000, layout="mono")
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-        frame.sample_rate, frame.pts = 48000, 0
-        for packet in [*stream.encode(frame), *stream.encode()]:
-            container.mux(packet)
+        write_silence(container, container.add_stream("aac", rate=48000, layout="mono"), 1024)
     with pytest.raises(InputError, match="no video stream"):
         VideoReader(path)
 
 
 def test_zero_frames(tmp_path):
-    # A video stream without a single frame next to some audio (an mp4 would drop the empty track).
-    path = tmp_path / "empty.mkv"
-    with av.open(str(path), "w") as container:
-        video = container.add_stream("libx264", rate=25)
-        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
-        sound = container.add_stream("aac", rate=48000, layout="mono")
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 4800), np.float32), format="fltp", layout="mono")
-        frame.sample_rate, frame.pts = 48000, 0
-        for packet in [*sound.encode(frame), *sound.encode()]:
-            container.mux(packet)
+    path = make_empty_video(tmp_path / "empty.mkv")
     with pytest.raises(InputError, match="no video frames"):
         VideoReader(path)
 
