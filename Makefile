@@ -31,7 +31,7 @@ help:  ## list the targets
 $(BIN)/activate: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,sample]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,sample,teacher]'
 	touch $@
 
 install: $(BIN)/activate  ## create .venv with blurvid and its dependencies
@@ -58,9 +58,14 @@ $(foreach ext,mp4 mov mkv webm mpg avi,$(eval $(call video_rule,$(ext))))
 bench: $(BIN)/activate  ## benchmark against the reference pipeline (writes output/bench.json)
 	$(BIN)/python -m pipeline.bench --shared $(SHARED) --json output/bench.json
 
+# The shipped model's recipe (MODEL.md). Training data stays outside the repo, in $(DATA_CACHE).
+DATAPREP_FLAGS ?= --max-side 256 --quality 75 --ccp-full-body 300
+TRAIN_FLAGS ?= --epochs 3 --size 112 --bs 16 --lr 4e-3 --work-size 256x144
+
 model: $(BIN)/activate  ## rebuild training data from ../shared and retrain the default model
-	$(BIN)/python -m pipeline.dataprep --shared $(SHARED) --out $(DATA_CACHE)
-	$(BLURVID) train $(DATA_CACHE)/train -o $(MODEL) --epochs 40 --size 224 --bs 16
+	$(SHARED)/tools/get-teacher.sh
+	$(BIN)/python -m pipeline.dataprep --shared $(SHARED) --out $(DATA_CACHE) $(DATAPREP_FLAGS)
+	$(BLURVID) train $(DATA_CACHE)/train -o $(MODEL) $(TRAIN_FLAGS)
 
 clean:  ## remove outputs (keeps data/ and the model)
 	rm -rf output/*

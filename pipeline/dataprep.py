@@ -343,6 +343,21 @@ class Teacher:
         }
 
 
+class TeacherSegmenter:
+    """The teacher behind the Segmenter interface, to measure it the way blurvid models are measured.
+
+        seg = TeacherSegmenter(Teacher(DEFAULT_TEACHER_DIR)); prob = seg(frames)  # (B,h,w,3) -> (B,h,w)
+    """
+
+    work_size = (256, 144)   # the landscape model's input; frames are resized to its own size anyway
+
+    def __init__(self, teacher: Teacher):
+        self.teacher = teacher
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        return np.stack([self.teacher(f) for f in frames]).astype(np.float32)
+
+
 def sample_frames(path: Path, *, interval: float, cap: int, offset: float = 0.0) -> Iterator[tuple[float, np.ndarray]]:
     """for t, rgb in sample_frames(clip, interval=0.5, cap=8): the first decoded frame at or after
     offset, offset+interval, ... (at most cap), upright RGB uint8. Uses frame times, because some
