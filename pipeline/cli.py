@@ -74,6 +74,29 @@ def main() -> None:
     """Blur or replace the background behind people in video files."""
 
 
+def _check_background(ctx, param, value: str) -> str:
+    """--background: fail now, before the model loads, on a missing file or an unknown colour."""
+    from pipeline.backgrounds import check_background
+
+    try:
+        check_background(value)
+    except BlurvidError as e:
+        raise click.BadParameter(str(e), ctx, param) from e
+    return value
+
+
+def _check_alpha_output(ctx, param, value: Path | None) -> Path | None:
+    """--output-alpha: a name whose format can hold alpha (.mov, .webm, a folder)."""
+    from pipeline.outputs import alpha_format
+
+    if value is not None:
+        try:
+            alpha_format(value)
+        except BlurvidError as e:
+            raise click.BadParameter(str(e), ctx, param) from e
+    return value
+
+
 model_option = click.option(
     "--model", "model_path", type=click.Path(path_type=Path), default=None,
     help="Model file: NAME.safetensors (+ NAME.json), or a fastai learn.export() .pkl "
@@ -86,6 +109,25 @@ model_option = click.option(
 @model_option
 @click.option("--blur", type=click.IntRange(1, 100), default=21, show_default=True,
               help="Background blur strength (1 = light, 100 = heavy).")
+@click.option("--background", metavar="SPEC", default="blur", show_default=True,
+              callback=_check_background,
+              help="What goes behind the person: 'blur', an image or video file (looped), or a colour "
+                   "(#00ff00, green, 0,255,0).")
+@click.option("--background-fit", type=click.Choice(["cover", "stretch"]), default="cover",
+              show_default=True, help="How an image or video background fills the frame: "
+                                      "cover (scale and crop, keep its shape) or stretch.")
+@click.option("--light-wrap", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Let the new background's light spill over the person's edge (0: off, 1: most).")
+@click.option("--smooth", type=click.FloatRange(0, 1), default=0.7, show_default=True,
+              help="Temporal smoothing of the mask where the model is unsure (0: off).")
+@click.option("--output-alpha", type=click.Path(path_type=Path), default=None,
+              callback=_check_alpha_output,
+              help="Also write the person with transparency: FILE.mov (ProRes 4444), FILE.webm (VP9) "
+                   "or a folder (PNG sequence).")
+@click.option("--matte", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the soft mask as a greyscale H.264 video (.mp4).")
+@click.option("--side-by-side", is_flag=True, help="Show the result and the mask side by side "
+                                                    "(the output is twice as wide).")
 @click.option("--size", type=SIZE, default=None, help="Output size WxH (default: the source's).")
 @click.option("--work-size", type=SIZE, default=None,
               help="Model input size WxH (default: the model's, fitted to the video's aspect).")
@@ -103,10 +145,12 @@ model_option = click.option(
               help="CPU threads for the model and OpenCV (default: all cores).")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def process(input_path: Path, output: Path, model_path: Path | None, blur: int, size, work_size,
+def process(input_path: Path, output: Path, model_path: Path | None, blur: int, background: str,
+            background_fit: str, light_wrap: float, smooth: float, output_alpha: Path | None,
+            matte: Path | None, side_by_side: bool, size, work_size,
             crf: int, preset: str, thumb_every: int, batch_size: int, device: str,
             threads: int | None, overwrite: bool, quiet: bool) -> None:
-    """Blur the background behind people in INPUT, writing an H.264 mp4 with INPUT's audio."""
+    """Blur or replace the background behind people in INPUT: an H.264 mp4 with INPUT's audio."""
     from tqdm import tqdm
 
     from pipeline.process import ProcessOptions, process_video
@@ -117,7 +161,10 @@ def process(input_path: Path, output: Path, model_path: Path | None, blur: int, 
     with VideoReader(input_path):   # a bad input is reported before the model is loaded
         pass
     options = ProcessOptions(blur=blur, size=size, work_size=work_size, crf=crf, preset=preset,
-                             thumb_every=thumb_every, batch_size=batch_size, overwrite=overwrite)
+                             thumb_every=thumb_every, batch_size=batch_size, overwrite=overwrite,
+                             background=background, background_fit=background_fit,
+                             light_wrap=light_wrap, smooth=smooth, output_alpha=output_alpha,
+                             matte=matte, side_by_side=side_by_side)
     segmenter = load_segmenter(model_path, device=_resolve_device(device))
     bars: list[tqdm] = []   # made once the input has opened, so a bad input prints only its error
 
@@ -199,7 +246,9 @@ def train(data: Path, output: Path, epochs: int, minutes, size: int, work_size, 
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 def evaluate(model_path: Path, data: Path | None, split, video, as_json: bool, device: str) -> None:
-    """Score MODEL ('default' for the shipped one) on DATA (images/ + masks/): IoU, MAD, boundary F."""
+    """Score MODEL on DATA (images/ + masks/): IoU, MAD, boundary F; flicker with --video.
+
+    MODEL is a model file, 'default' for the shipped one, or 'teacher' for the MediaPipe teacher."""
     import json
 
     from tqdm import tqdm
@@ -209,8 +258,12 @@ def evaluate(model_path: Path, data: Path | None, split, video, as_json: bool, d
 
     if data is None and video is None:
         raise click.UsageError("give DATA, --video, or both")
-    seg = load_segmenter(None if str(model_path) == "default" else model_path,
-                         device=_resolve_device(device))
+    if str(model_path) == "teacher":   # the MediaPipe teacher, for comparison (MODEL.md)
+        from pipeline.dataprep import DEFAULT_TEACHER_DIR, Teacher, TeacherSegmenter
+        seg = TeacherSegmenter(Teacher(DEFAULT_TEACHER_DIR))
+    else:
+        seg = load_segmenter(None if str(model_path) == "default" else model_path,
+                             device=_resolve_device(device))
     result: dict = {"model": str(model_path)}
     if data is not None:
         with tqdm(unit="image", disable=as_json, desc="evaluate", leave=False) as bar:

@@ -12,7 +12,9 @@ The three steps are usable on their own:
 
 Other backgrounds plug into Compositor(background=...): any callable `(src, pha, index) -> bgr`
 (index = 0-based frame number, for video backgrounds). BlurBackground is the default;
-ColourBackground and ImageBackground replace the background.
+ColourBackground and ImageBackground replace the background (pipeline.backgrounds adds video
+backgrounds and turns a `--background` SPEC into one). Over a replaced background,
+Compositor(light_wrap=0.5) lets its light spill over the person's edge (see light_wrap).
 
 Why not "blur the whole frame, then blend": the blur smears the person's colours into the
 background around them, a visible shadow ("halo"). Here the person's pixels get (almost) no
@@ -245,22 +247,24 @@ class ImageBackground:
         bg = ImageBackground.from_file("room.jpg")  # InputError if it is not a readable image
     """
 
-    def __init__(self, img: np.ndarray) -> None:
+    def __init__(self, img: np.ndarray, *, fit: str = "cover") -> None:
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
             raise ValueError(f"image must be (h, w, 3) uint8, got {img.shape} {img.dtype}")
-        self.img = img
+        if fit not in FITS:
+            raise ValueError(f"fit must be one of {', '.join(FITS)}, not {fit!r}")
+        self.img, self.fit = img, fit
         self._bgr: np.ndarray | None = None
 
     @classmethod
-    def from_file(cls, path: str | Path) -> ImageBackground:
+    def from_file(cls, path: str | Path, *, fit: str = "cover") -> ImageBackground:
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is None:
             raise InputError(f"{path}: not an image OpenCV can read")
-        return cls(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        return cls(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), fit=fit)
 
     def __call__(self, src: np.ndarray, pha: np.ndarray, index: int) -> np.ndarray:
         if self._bgr is None or self._bgr.shape != src.shape:
-            self._bgr = cover(self.img, src.shape[1], src.shape[0])
+            self._bgr = fit_frame(self.img, src.shape[1], src.shape[0], self.fit)
         return self._bgr
 
 
@@ -275,6 +279,55 @@ def cover(img: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.ascontiguousarray(big[y : y + height, x : x + width])
 
 
+FITS = ("cover", "stretch")
+
+
+def fit_frame(img: np.ndarray, width: int, height: int, fit: str = "cover") -> np.ndarray:
+    """`img` at exactly width x height: "cover" (see cover) or "stretch" (aspect ratio ignored)."""
+    if fit == "cover":
+        return cover(img, width, height)
+    if fit == "stretch":
+        if img.shape[:2] == (height, width):
+            return img
+        shrinking = width < img.shape[1] and height < img.shape[0]
+        return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    raise ValueError(f"fit must be one of {', '.join(FITS)}, not {fit!r}")
+
+
+def light_wrap(
+    com: np.ndarray, bgr: np.ndarray, pha: np.ndarray, amount: float, *, work: Workspace | None = None
+) -> np.ndarray:
+    """Let the new background's light spill over the person's edge, so a pasted person sits in it.
+
+        com = light_wrap(com, bgr, pha, 0.5)   # (H, W, 3), (H, W, 3), (H, W) uint8 -> (H, W, 3) uint8
+
+    A thin band just inside the edge, w = amount * pha * G*(1 - pha), is blended towards the blurred
+    background G*bgr: out = (1 - w)*com + w*G*bgr. G is a Gaussian of ~1/90 of the shorter side
+    (4 px at 360p). Where pha == 0, w == 0: the background is left exactly as it was; deep inside the
+    person G*(1 - pha) is 0, so the person is untouched too. amount 0 returns com itself.
+    """
+    _check_frame(com, pha)
+    if not 0 <= amount <= 1:
+        raise ValueError(f"light wrap must be in 0..1, got {amount}")
+    if amount == 0:
+        return com
+    work = work or Workspace()
+    H, W = pha.shape
+    sigma = max(1.0, min(H, W) / 90)
+    scale = max(1.0, sigma / _LOWRES_SIGMA)  # blur at a size where sigma is ~3 px, as blur_background
+    w, h = max(1, round(W / scale)), max(1, round(H / scale))
+    s = sigma * w / W
+
+    def soft(img: np.ndarray) -> np.ndarray:
+        low = cv2.GaussianBlur(shrink(img, (w, h)), (0, 0), s)
+        return cv2.resize(low, (W, H), interpolation=cv2.INTER_LINEAR)
+
+    outside = soft(cv2.bitwise_not(pha, dst=work.get("inv", (H, W), np.uint8)))  # G*(1-pha), uint8
+    wrap = cv2.multiply(pha, outside, scale=amount / 255)                          # w * 255, uint8
+    keep = cv2.bitwise_not(wrap, dst=wrap)                                         # (1 - w) * 255
+    return blend(com, soft(bgr), keep, work=work)
+
+
 class Compositor:
     """Probability + frame -> composite, one call per frame.
 
@@ -282,8 +335,9 @@ class Compositor:
         comp = Compositor(background=ImageBackground.from_file(p))   # replaced background
         com, pha = comp(src, prob)   # src (H, W, 3) uint8 RGB, prob (h, w) float32 -> (H, W, 3), (H, W) uint8
 
-    Steps: upsample_alpha (radius, eps) -> background(src, pha, index) -> blend. `blur` is the
-    strength of the default BlurBackground (see blur_sigma); it is unused when `background` is given.
+    Steps: upsample_alpha (radius, eps) -> background(src, pha, index) -> blend -> light_wrap (if
+    `light_wrap` > 0). `blur` is the strength of the default BlurBackground (see blur_sigma); it is
+    unused when `background` is given.
     `index` is the 0-based frame number handed to the background (video backgrounds); by default the
     calls are counted. com and pha are new arrays every call, safe to queue for an encoder thread;
     scratch buffers are reused, so one Compositor per thread.
@@ -296,10 +350,14 @@ class Compositor:
         background: Background | None = None,
         radius: int | None = None,
         eps: float = 1e-3,
+        light_wrap: float = 0.0,
     ) -> None:
+        if not 0 <= light_wrap <= 1:
+            raise ValueError(f"light wrap must be in 0..1, got {light_wrap}")
         self.background = background if background is not None else BlurBackground(blur)
         self.radius = radius
         self.eps = eps
+        self.light_wrap = light_wrap
         self._count = 0
         self._work = Workspace()
 
@@ -312,6 +370,8 @@ class Compositor:
         pha = upsample_alpha(prob, src, radius=self.radius, eps=self.eps, work=self._work)
         bgr = self.background(src, pha, index)
         com = blend(src, bgr, pha, work=self._work)
+        if self.light_wrap:
+            com = light_wrap(com, bgr, pha, self.light_wrap, work=self._work)
         return com, pha
 
 

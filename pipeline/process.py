@@ -18,16 +18,20 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from pipeline.backgrounds import open_background
 from pipeline.composite import Compositor
 from pipeline.errors import OutputError
+from pipeline.outputs import open_alpha_output, open_matte_output
 from pipeline.preview import thumb_name
 from pipeline.segment import Segmenter, load_segmenter
+from pipeline.temporal import TemporalSmoother
 from pipeline.video import Frame, VideoInfo, VideoReader, VideoWriter, atomic_output
 
 QUEUE_FRAMES = 16  # frames in flight between two stages; bounds memory
@@ -45,6 +49,13 @@ class ProcessOptions:
     thumb_every: int = 25                     # save every Nth composited frame as JPEG; 0: none
     batch_size: int = 4                       # frames per forward pass
     overwrite: bool = False
+    background: str = "blur"                  # "blur", an image or video file, or a colour (backgrounds.py)
+    background_fit: str = "cover"             # an image/video background: "cover" (crop) or "stretch"
+    light_wrap: float = 0.0                   # 0..1: background light spilled over the person's edge
+    smooth: float = 0.7                       # 0..1: temporal smoothing of unsure mask pixels; 0: off
+    output_alpha: Path | None = None          # also the person with alpha: .mov, .webm or a PNG folder
+    matte: Path | None = None                 # also the soft mask as a grey H.264 video
+    side_by_side: bool = False                # the output shows result | mask (twice as wide)
 
 
 @dataclass
@@ -87,31 +98,52 @@ def process_video(src: str | Path, dst: str | Path, options: ProcessOptions = Pr
                   on_start: Callable[[VideoInfo], None] | None = None) -> ProcessReport:
     """Blur the background of `src` into `dst` (an H.264 mp4 with src's audio); returns a report.
 
+    `options` also choose another background, temporal smoothing, and extra outputs (person with
+    alpha, matte; see pipeline.outputs), each renamed into place only when the whole run succeeds.
     `progress(n)` is called with the number of frames just finished; `on_start(info)` once the
     input is open (the CLI sizes its progress bar from it).
     """
     src, dst = Path(src), Path(dst)
-    if dst.resolve() == src.resolve():
-        raise OutputError(f"{dst}: output path is the input; choose another output")
+    extra = [Path(p) for p in (options.output_alpha, options.matte) if p is not None]
+    for path in (dst, *extra):
+        if path.resolve() == src.resolve():
+            raise OutputError(f"{path}: output path is the input; choose another output")
+    if len({p.resolve() for p in (dst, *extra)}) < 1 + len(extra):
+        raise OutputError(f"{dst}: the outputs need different names")
     segmenter = segmenter or load_segmenter()
-    compositor = compositor or Compositor(blur=options.blur)
     report = ProcessReport(output=dst)
     started = time.perf_counter()
 
-    with VideoReader(src) as reader, atomic_output(dst, overwrite=options.overwrite) as tmp_dst:
+    with VideoReader(src) as reader, atomic_output(dst, overwrite=options.overwrite) as tmp_dst, \
+            ExitStack() as outputs:
         info = reader.info
         out_size = options.size or (info.width, info.height)
         work_size = options.work_size or fit_work_size(segmenter.work_size, out_size)
+        if compositor is None:
+            background = outputs.enter_context(
+                open_background(options.background, blur=options.blur, fit=options.background_fit))
+            compositor = Compositor(background=background, light_wrap=options.light_wrap)
+        sinks = []  # extra outputs, written (frame.rgb, pha, pts) beside the main one
+        if options.output_alpha is not None:
+            sinks.append(outputs.enter_context(open_alpha_output(
+                options.output_alpha, info, size=out_size, overwrite=options.overwrite)))
+        if options.matte is not None:
+            sinks.append(outputs.enter_context(open_matte_output(
+                options.matte, info, size=options.size, crf=options.crf, preset=options.preset,
+                overwrite=options.overwrite)))
+        smoother = TemporalSmoother(options.smooth) if options.smooth else None
         if on_start:
             on_start(info)
+        video_size = (2 * out_size[0], out_size[1]) if options.side_by_side else options.size
         thumbs = _ThumbnailSaver(thumbs_dir_for(dst), options.thumb_every, options.overwrite)
-        with VideoWriter(tmp_dst, info, size=options.size, crf=options.crf, preset=options.preset,
+        with VideoWriter(tmp_dst, info, size=video_size, crf=options.crf, preset=options.preset,
                          audio_from=src) as writer, thumbs:
             frames = _resized(reader, options.size, report)
             decoded = _threaded(frames, maxsize=QUEUE_FRAMES, name="decode")
             composited = _segment_and_composite(decoded, segmenter, compositor, work_size,
-                                                options.batch_size, report)
-            encoder = _Encoder(writer, thumbs, report, progress)
+                                                options.batch_size, report, smoother=smoother,
+                                                side_by_side=options.side_by_side)
+            encoder = _Encoder(writer, thumbs, report, progress, sinks=sinks)
             encoder.run(composited)
         report.thumbs = thumbs.folder if options.thumb_every else None
     report.seconds = time.perf_counter() - started
@@ -136,8 +168,9 @@ def _resized(reader: VideoReader, size: tuple[int, int] | None, report: ProcessR
 
 def _segment_and_composite(frames: Iterable[Frame], segmenter: Segmenter, compositor: Compositor,
                            work_size: tuple[int, int], batch_size: int,
-                           report: ProcessReport) -> Iterator[tuple[Frame, np.ndarray]]:
-    """Batches frames through the model, then composites each: yields (frame, com)."""
+                           report: ProcessReport, *, smoother: TemporalSmoother | None = None,
+                           side_by_side: bool = False) -> Iterator[tuple[Frame, np.ndarray, np.ndarray]]:
+    """Batches frames through the model, then composites each: yields (frame, com, pha)."""
     for batch in _batched(frames, batch_size):
         t0 = time.perf_counter()
         small = np.stack([cv2.resize(f.rgb, work_size, interpolation=cv2.INTER_AREA) for f in batch])
@@ -146,30 +179,40 @@ def _segment_and_composite(frames: Iterable[Frame], segmenter: Segmenter, compos
         report.stage_seconds["segment"] += t1 - t0
         for frame, prob in zip(batch, probs):
             t0 = time.perf_counter()
-            com, _pha = compositor(frame.rgb, prob)
+            if smoother is not None:                        # in frame order: it remembers the last one
+                prob = smoother(prob)
+            com, pha = compositor(frame.rgb, prob, index=frame.index)
+            if side_by_side:                                # result | mask, twice as wide
+                com = np.hstack([com, cv2.cvtColor(pha, cv2.COLOR_GRAY2RGB)])
             report.stage_seconds["composite"] += time.perf_counter() - t0
-            yield frame, com
+            yield frame, com, pha
 
 
 class _Encoder:
     """Encodes composited frames (and saves thumbnails) in its own thread."""
 
     def __init__(self, writer: VideoWriter, thumbs: _ThumbnailSaver, report: ProcessReport,
-                 progress: Callable[[int], None] | None):
+                 progress: Callable[[int], None] | None, *, sinks: Iterable = ()):
         self.writer, self.thumbs, self.report, self.progress = writer, thumbs, report, progress
+        self.sinks = list(sinks)  # extra outputs: .write(rgb, pha, pts) (pipeline.outputs)
 
-    def run(self, composited: Iterable[tuple[Frame, np.ndarray]]) -> None:
+    def run(self, composited: Iterable[tuple[Frame, np.ndarray, np.ndarray]]) -> None:
         work: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
         failure: list[BaseException] = []
 
         def encode() -> None:
             try:
                 while (item := work.get()) is not None:
-                    frame, com = item
+                    frame, com, pha = item
                     t0 = time.perf_counter()
                     self.writer.write(com, frame.pts)
                     self.thumbs.maybe_save(frame, com)
-                    self.report.stage_seconds["encode"] += time.perf_counter() - t0
+                    t1 = time.perf_counter()
+                    self.report.stage_seconds["encode"] += t1 - t0
+                    for sink in self.sinks:
+                        sink.write(frame.rgb, pha, frame.pts)
+                    if self.sinks:
+                        self.report.stage_seconds["extra outputs"] += time.perf_counter() - t1
                     self.report.frames += 1
                     if self.progress:
                         self.progress(1)

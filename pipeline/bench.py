@@ -1,0 +1,449 @@
+"""Speed benchmark: `blurvid process` against the reference pipeline, on the same clips in one run.
+
+    python -m pipeline.bench --shared ../shared --json output/bench.json          # make bench
+    python -m pipeline.bench --shared ../shared --json output/bench.json --quick  # 1 run per clip
+    python -m pipeline.bench --levers                     # segmentation ms/frame: size, batch, precision
+
+The reference is what a first fastai script does: per frame, resize to 640×360, one fastai
+`learn.predict` (a real Learner from `unet_learner`, holding the same weights as ours), Gaussian blur
+k=61 over the whole frame, float alpha blend, OpenCV VideoWriter mp4v. It is slow, so it is timed on
+the first `ref_frames` frames of each clip and its FPS extrapolated to the whole clip.
+
+Ours is `process_video` with default options, each run in a fresh child process so that its peak RSS
+(ru_maxrss) and warm caches are its own. Numbers are medians over `runs` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+REF_SIZE = (640, 360)   # (w, h) the reference pipeline works and writes at
+REF_BLUR = 61           # the reference's Gaussian kernel
+STAGES = ("decode", "segment", "composite", "encode")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmarked input: a clip and the `process` options that differ from the defaults."""
+
+    name: str
+    path: Path
+    size: tuple[int, int] | None = None   # --size
+    reference: bool = True                # also time the reference pipeline on it
+    note: str = ""
+
+
+@dataclass
+class CaseResult:
+    name: str
+    clip: str
+    note: str
+    src_size: tuple[int, int]
+    out_size: tuple[int, int]
+    frames: int
+    runs: list[dict] = field(default_factory=list)   # one child report per run
+    fps: float = 0.0                                 # medians over runs from here on
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    stage_ms_per_frame: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: float = 0.0
+    wall_seconds: float = 0.0                        # the whole child: imports and model load too
+    ref_fps: float | None = None
+    ref_frames_timed: int | None = None
+    ratio: float | None = None                       # ours / reference, FPS
+
+
+# --- inputs ---------------------------------------------------------------------------------------
+
+def make_clip(path: Path, src: Path, *, size: tuple[int, int], seconds: float, fps: int = 30,
+              audio: bool = True) -> Path:
+    """A clip of `src`'s first frames scaled to `size` (H.264 + AAC tone): real content at any size."""
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial.mp4")
+    frames = round(seconds * fps)
+    with av.open(str(src)) as inp, av.open(str(tmp), "w") as out:
+        video = out.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "veryfast"})
+        video.width, video.height = size
+        video.pix_fmt = "yuv420p"
+        sound = out.add_stream("aac", rate=48000, layout="stereo") if audio else None
+        decoded = inp.decode(video=0)
+        written = 0
+        last = None
+        while written < frames:
+            frame = next(decoded, None)
+            rgb = cv2.resize(frame.to_ndarray(format="rgb24"), size, interpolation=cv2.INTER_CUBIC) \
+                if frame is not None else last   # a short source: hold its last frame
+            last = rgb
+            vf = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            vf.pts = written
+            out.mux(video.encode(vf))
+            written += 1
+        out.mux(video.encode())
+        if sound is not None:
+            n, chunk = round(seconds * 48000), 1024
+            tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(n) / 48000)).astype(np.float32)
+            for start in range(0, n, chunk):
+                part = np.ascontiguousarray(np.stack([tone[start:start + chunk]] * 2))
+                af = av.AudioFrame.from_ndarray(part, format="fltp", layout="stereo")
+                af.sample_rate, af.pts, af.time_base = 48000, start, Fraction(1, 48000)
+                out.mux(sound.encode(af))
+            out.mux(sound.encode())
+    tmp.rename(path)
+    return path
+
+
+def default_cases(shared: Path, cache: Path) -> list[Case]:
+    """The clips of DESIGN.md §5: a long low-res clip, a 720p talking head, 1080p, and 640×360 output."""
+    media = shared / "media"
+    long_clip = media / "one-by-one.mp4"
+    talking = media / "talking" / "s18.mp4"
+    hd = make_clip(cache / "talking-1080p-5s.mp4", talking, size=(1920, 1080), seconds=5)
+    short = make_clip(cache / "one-by-one-10s.mp4", long_clip, size=(768, 432), seconds=10, fps=10,
+                      audio=False)
+    return [
+        Case("one-by-one", long_clip, note="139 s, 768×432, 10 fps"),
+        Case("one-by-one@640x360", long_clip, size=(640, 360), reference=False,
+             note="--size 640x360 (the reference's output size)"),
+        Case("talking-720p", talking, note="s18.mp4, 1280×720, 30 fps"),
+        Case("synthetic-1080p", hd, note="s18 upscaled to 1920×1080, 5 s, AAC"),
+        Case("one-by-one-10s", short, reference=False,
+             note="first 10 s of one-by-one: peak RSS vs the 139 s run"),
+    ]
+
+
+# --- the reference pipeline -----------------------------------------------------------------------
+
+def reference_learner(model_path: Path, work_dir: Path):
+    """A fastai Learner as `unet_learner(resnet18, pretrained=False, n_out=2)` makes it, with our weights.
+
+    No Resize in its transforms, so `predict` runs the network at the size it is given (640×360).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastai.data.block import DataBlock
+        from fastai.data.transforms import Normalize, get_image_files
+        from fastai.vision.core import imagenet_stats
+        from fastai.vision.data import ImageBlock, MaskBlock
+        from fastai.vision.learner import unet_learner
+        from fastai.vision.models import resnet18
+
+    from pipeline.segment import load_model
+
+    model, config = load_model(model_path)
+    images, masks = work_dir / "images", work_dir / "masks"
+    images.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(exist_ok=True)
+    w, h = REF_SIZE
+    for i in range(2):   # unet_learner needs DataLoaders: two dummy pairs at the working size
+        cv2.imwrite(str(images / f"{i}.png"), np.full((h, w, 3), 100 + i, np.uint8))
+        cv2.imwrite(str(masks / f"{i}.png"), np.zeros((h, w), np.uint8))
+    block = DataBlock(blocks=(ImageBlock, MaskBlock(codes=list(config.classes))),
+                      get_items=get_image_files, get_y=lambda p: masks / p.name,
+                      batch_tfms=[Normalize.from_stats(*imagenet_stats)])
+    dls = block.dataloaders(images, bs=1, num_workers=0, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        learn = unet_learner(dls, resnet18, pretrained=False, n_out=len(config.classes), **config.unet)
+    learn.model.load_state_dict(model.state_dict())
+    learn.model.eval()
+    return learn, config.person_index
+
+
+def run_reference(src: Path, dst: Path, learn, person_index: int, max_frames: int) -> dict:
+    """The reference pipeline on the first `max_frames` frames of `src` -> `dst` (mp4v, 640×360)."""
+    from fastai.vision.core import PILImage
+
+    cap = cv2.VideoCapture(str(src))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25
+    out = cv2.VideoWriter(str(dst), cv2.VideoWriter_fourcc(*"mp4v"), fps, REF_SIZE)
+    frames = 0
+    started = time.perf_counter()
+    try:
+        while frames < max_frames:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            bgr = cv2.resize(bgr, REF_SIZE)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _, _, probs = learn.predict(PILImage.create(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+            pha = probs[person_index].numpy().astype(np.float32)[..., None]   # [h, w, 1]
+            bgr_blur = cv2.GaussianBlur(bgr, (REF_BLUR, REF_BLUR), 0)
+            com = pha * bgr.astype(np.float32) + (1 - pha) * bgr_blur.astype(np.float32)
+            out.write(com.astype(np.uint8))
+            frames += 1
+    finally:
+        cap.release()
+        out.release()
+    seconds = time.perf_counter() - started
+    return {"frames": frames, "seconds": seconds, "fps": frames / seconds if seconds else 0.0}
+
+
+# --- ours, in a child process ---------------------------------------------------------------------
+
+def run_ours(case: Case, model_path: Path, out_dir: Path, *, threads: int | None = None,
+             extra: dict | None = None, env: dict[str, str] | None = None) -> dict:
+    """One `process_video` run of `case` in a fresh Python: its report, peak RSS and wall time."""
+    spec = {"src": str(case.path), "dst": str(out_dir / f"{case.name}.mp4"), "model": str(model_path),
+            "size": case.size, "threads": threads, "options": extra or {}}
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pipeline.bench", "--child", json.dumps(spec)],
+                          capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark run of {case.name} failed:\n{proc.stderr[-2000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["wall_seconds"] = time.perf_counter() - started
+    return result
+
+
+def _child(spec_json: str) -> None:
+    """Runs in the child: process one clip, print a JSON line with the report and ru_maxrss."""
+    spec = json.loads(spec_json)
+    import torch
+
+    from pipeline.process import ProcessOptions, process_video
+    from pipeline.segment import load_segmenter
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    seg_opts = {k: spec["options"].pop(k) for k in ("precision",) if k in spec["options"]}
+    segmenter = load_segmenter(spec["model"], **seg_opts)
+    size = tuple(spec["size"]) if spec["size"] else None
+    options = ProcessOptions(size=size, overwrite=True, **spec["options"])
+    report = process_video(spec["src"], spec["dst"], options, segmenter=segmenter)
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # kilobytes on Linux
+    print(json.dumps({"frames": report.frames, "seconds": report.seconds, "fps": report.fps,
+                      "stage_seconds": dict(report.stage_seconds), "peak_rss_mb": rss_kb / 1024,
+                      "torch_threads": torch.get_num_threads()}))
+
+
+# --- the benchmark --------------------------------------------------------------------------------
+
+def clip_facts(path: Path) -> tuple[tuple[int, int], int]:
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        frames = s.frames or round(float(s.duration * s.time_base * s.average_rate))
+        return (s.width, s.height), frames
+
+
+def bench_case(case: Case, model_path: Path, work: Path, *, runs: int, learn=None,
+               person_index: int = 1, ref_frames: int = 24, log=print) -> CaseResult:
+    src_size, frames = clip_facts(case.path)
+    res = CaseResult(name=case.name, clip=str(case.path), note=case.note, src_size=src_size,
+                     out_size=case.size or src_size, frames=frames)
+    if case.reference and learn is not None:
+        ref = run_reference(case.path, work / f"{case.name}-reference.mp4", learn, person_index,
+                            ref_frames)
+        res.ref_fps, res.ref_frames_timed = ref["fps"], ref["frames"]
+        log(f"  reference: {ref['frames']} frames in {ref['seconds']:.1f} s = {ref['fps']:.2f} fps")
+    for i in range(runs):
+        r = run_ours(case, model_path, work)
+        res.runs.append(r)
+        log(f"  run {i + 1}/{runs}: {r['frames']} frames, {r['fps']:.2f} fps, "
+            f"peak RSS {r['peak_rss_mb']:.0f} MB")
+    med = statistics.median
+    res.frames = res.runs[0]["frames"]
+    res.fps = med(r["fps"] for r in res.runs)
+    res.stage_seconds = {s: med(r["stage_seconds"].get(s, 0.0) for r in res.runs) for s in STAGES}
+    res.stage_ms_per_frame = {s: 1000 * v / max(res.frames, 1) for s, v in res.stage_seconds.items()}
+    res.peak_rss_mb = med(r["peak_rss_mb"] for r in res.runs)
+    res.wall_seconds = med(r["wall_seconds"] for r in res.runs)
+    if res.ref_fps:
+        res.ratio = res.fps / res.ref_fps
+    return res
+
+
+def machine_facts() -> dict:
+    import torch
+
+    flags = ""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+        model = next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name")).split(":", 1)[1].strip()
+    except (OSError, StopIteration):
+        model = platform.processor()
+    import fastai
+
+    return {
+        "cpu": model, "cores": os.cpu_count(), "platform": platform.platform(),
+        "cpu_flags": sorted(f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")
+                            if f in flags.split()),
+        "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "fastai": fastai.__version__, "av": av.__version__, "opencv": cv2.__version__,
+                     "numpy": np.__version__},
+    }
+
+
+def resolve_model(model: Path | None, work: Path, log=print) -> tuple[Path, bool]:
+    """The model to time and whether it is the trained one; a random one of the same config otherwise."""
+    from pipeline.segment import DEFAULT_MODEL, ModelConfig, build_unet, save_model
+
+    path = model or DEFAULT_MODEL
+    if path.with_suffix(".safetensors").is_file():
+        return path, True
+    if model is not None:
+        raise SystemExit(f"{model}: model file not found")
+    log(f"NOTE: {DEFAULT_MODEL} does not exist yet: timing a RANDOMLY INITIALISED model of the same "
+        "config (speed does not depend on the weights; the outputs are meaningless)")
+    import torch
+
+    torch.manual_seed(0)
+    return save_model(build_unet(ModelConfig()), ModelConfig(), work / "random-unet-r18.safetensors"), False
+
+
+def run_bench(cases: list[Case], *, model: Path | None = None, runs: int = 3, ref_frames: int = 24,
+              work: Path, log=print) -> dict:
+    """Benchmark `cases`; returns the JSON-ready result (machine, model, per-clip numbers)."""
+    model_path, trained = resolve_model(model, work, log)
+    learn, person_index = reference_learner(model_path, work / "ref-data")
+    results = []
+    for case in cases:
+        log(f"{case.name}: {case.path.name} {case.note}")
+        results.append(bench_case(case, model_path, work, runs=runs, learn=learn if case.reference else None,
+                                  person_index=person_index, ref_frames=ref_frames, log=log))
+    by_name = {r.name: r for r in results}
+    rss = {n: by_name[n].peak_rss_mb for n in ("one-by-one-10s", "one-by-one") if n in by_name}
+    return {
+        "machine": machine_facts(),
+        "model": {"path": str(model_path), "trained": trained},
+        "runs_per_clip": runs,
+        "reference": {"description": f"per frame: resize to {REF_SIZE[0]}x{REF_SIZE[1]}, fastai "
+                      f"learn.predict, GaussianBlur k={REF_BLUR} on the whole frame, float blend, "
+                      "OpenCV VideoWriter mp4v",
+                      "frames_timed": ref_frames,
+                      "extrapolated": "FPS over the first frames_timed frames, taken as the whole clip's"},
+        "clips": [asdict(r) for r in results],
+        "rss_short_vs_long_mb": rss,
+    }
+
+
+def print_table(result: dict) -> None:
+    trained = "trained" if result["model"]["trained"] else "RANDOM (default model missing)"
+    m = result["machine"]
+    print(f"\nmodel: {result['model']['path']} [{trained}]; {m['cores']} cores, torch threads "
+          f"{m['torch_threads']}; medians of {result['runs_per_clip']} run(s)")
+    print(f"{'clip':<20}{'in':>10}{'out':>10}{'frames':>7}{'ours fps':>9}{'ref fps':>8}{'ratio':>7}"
+          f"   ms/frame: {'dec':>5}{'seg':>6}{'comp':>6}{'enc':>6}{'RSS MB':>8}")
+    for c in result["clips"]:
+        ref = f"{c['ref_fps']:.2f}" if c["ref_fps"] else "-"
+        ratio = f"{c['ratio']:.0f}×" if c["ratio"] else "-"
+        ms = c["stage_ms_per_frame"]
+        print(f"{c['name']:<20}{'x'.join(map(str, c['src_size'])):>10}{'x'.join(map(str, c['out_size'])):>10}"
+              f"{c['frames']:>7}{c['fps']:>9.2f}{ref:>8}{ratio:>7}"
+              f"   {'':>9}{ms['decode']:>5.1f}{ms['segment']:>6.1f}{ms['composite']:>6.1f}{ms['encode']:>6.1f}"
+              f"{c['peak_rss_mb']:>8.0f}")
+    print(f"reference FPS measured on the first {result['reference']['frames_timed']} frames of each clip "
+          "and extrapolated to the clip; stage times overlap (decode and encode run in their own threads)")
+
+
+# --- levers: segmentation alone -------------------------------------------------------------------
+
+def lever_table(model_path: Path | None = None, *, sizes=((256, 144), (224, 128), (192, 112), (160, 96)),
+                batches=(1, 4, 8), precisions=("fp32", "bf16"), repeats: int = 8, log=print) -> list[dict]:
+    """ms/frame of the segmenter alone for each work size × batch size × precision (median of repeats)."""
+    import torch
+
+    from pipeline.segment import ModelConfig, UnetSegmenter, build_unet, load_model
+
+    if model_path is not None and Path(model_path).with_suffix(".safetensors").is_file():
+        model, config = load_model(model_path)
+    else:
+        torch.manual_seed(0)
+        config = ModelConfig()
+        model = build_unet(config)
+    rows = []
+    rng = np.random.default_rng(0)
+    for size in sizes:
+        for precision in precisions:
+            seg = UnetSegmenter(model, config, work_size=size, precision=precision)
+            for bs in batches:
+                x = rng.integers(0, 256, (bs, size[1], size[0], 3), dtype=np.uint8)
+                for _ in range(2):
+                    seg(x)
+                times = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    seg(x)
+                    times.append(time.perf_counter() - t0)
+                ms = 1000 * statistics.median(times) / bs
+                rows.append({"work_size": size, "precision": precision, "batch": bs, "ms_per_frame": ms})
+                log(f"{size[0]}x{size[1]} {precision} batch {bs}: {ms:.1f} ms/frame")
+    return rows
+
+
+def precision_check(model_path: Path | None, frames: np.ndarray, precision: str = "bf16") -> dict:
+    """How far `precision`'s probabilities are from fp32's on `frames`: max/mean abs diff, mask agreement."""
+    from pipeline.segment import load_segmenter
+
+    ref = load_segmenter(model_path)(frames)
+    low = load_segmenter(model_path, precision=precision)(frames)
+    diff = np.abs(ref - low)
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+            "mask_agreement": float(((ref > 0.5) == (low > 0.5)).mean())}
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--shared", type=Path, default=Path("../shared"), help="the shared folder (media/)")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--quick", action="store_true", help="one run per clip instead of three")
+    parser.add_argument("--runs", type=int, default=None, help="runs per clip (default 3, 1 with --quick)")
+    parser.add_argument("--ref-frames", type=int, default=24, help="frames the reference is timed on")
+    parser.add_argument("--model", type=Path, default=None, help="model to time (default: the shipped one)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="CLIP", help="only these clips")
+    parser.add_argument("--levers", action="store_true", help="segmentation ms/frame table instead")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(args.child)
+        return
+    if args.levers:
+        rows = lever_table(args.model)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"machine": machine_facts(), "levers": rows}, indent=2) + "\n")
+        return
+    media = args.shared / "media"
+    if not media.is_dir():
+        raise SystemExit(f"{media}: not found (give --shared, the folder that holds media/)")
+    cache = Path.home() / ".cache" / "blurvid" / "bench"
+    cases = default_cases(args.shared, cache)
+    if args.only:
+        unknown = set(args.only) - {c.name for c in cases}
+        if unknown:
+            raise SystemExit(f"unknown clip(s) {sorted(unknown)}; choose from {[c.name for c in cases]}")
+        cases = [c for c in cases if c.name in args.only]
+    runs = args.runs or (1 if args.quick else 3)
+    with tempfile.TemporaryDirectory(prefix="blurvid-bench-") as tmp:
+        result = run_bench(cases, model=args.model, runs=runs, ref_frames=args.ref_frames, work=Path(tmp))
+    print_table(result)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

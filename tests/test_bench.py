@@ -1,0 +1,51 @@
+"""The benchmark's code path on a tiny clip and a tiny model: fields present, reference output valid.
+
+No timing is asserted: speed is for `make bench` on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import json
+
+import av
+import numpy as np
+import torch
+
+from pipeline.bench import REF_SIZE, Case, lever_table, precision_check, print_table, run_bench
+from pipeline.segment import ModelConfig, build_unet, save_model
+
+TINY = ModelConfig(work_size=(64, 48))
+
+
+def test_bench_writes_every_field_and_a_valid_reference(make_video, tmp_path, capsys):
+    torch.manual_seed(0)
+    model = save_model(build_unet(TINY), TINY, tmp_path / "tiny.safetensors")
+    src = make_video(tmp_path / "clip.mp4", size=(64, 48), frames=6)
+
+    result = run_bench([Case("tiny", src, note="synthetic")], model=model, runs=1, ref_frames=2,
+                       work=tmp_path, log=lambda msg: None)
+
+    json.dumps(result)   # JSON-ready
+    assert result["model"] == {"path": str(model), "trained": True}
+    assert {"cpu", "cores", "torch_threads", "versions"} <= set(result["machine"])
+    (clip,) = result["clips"]
+    assert clip["frames"] == 6 and tuple(clip["src_size"]) == (64, 48)
+    assert clip["fps"] > 0 and clip["ref_fps"] > 0 and clip["ratio"] > 0
+    assert clip["ref_frames_timed"] == 2
+    assert set(clip["stage_seconds"]) == {"decode", "segment", "composite", "encode"}
+    assert 0 < clip["peak_rss_mb"] < 16_000
+    with av.open(str(tmp_path / "tiny-reference.mp4")) as ref:   # what the reference wrote
+        frames = list(ref.decode(video=0))
+    assert len(frames) == 2 and (frames[0].width, frames[0].height) == REF_SIZE
+    print_table(result)
+    assert "tiny" in capsys.readouterr().out
+
+
+def test_levers_and_precision_check_run(tmp_path):
+    torch.manual_seed(0)
+    model = save_model(build_unet(TINY), TINY, tmp_path / "tiny.safetensors")
+    rows = lever_table(model, sizes=((64, 48),), batches=(2,), repeats=1, log=lambda msg: None)
+    assert [(r["precision"], r["batch"]) for r in rows] == [("fp32", 2), ("bf16", 2)]
+    frames = np.random.default_rng(0).integers(0, 256, (2, 48, 64, 3), dtype=np.uint8)
+    check = precision_check(model, frames)
+    assert 0 <= check["max_abs_diff"] <= 1 and 0 <= check["mask_agreement"] <= 1
