@@ -131,7 +131,7 @@ def default_cases(shared: Path, cache: Path) -> list[Case]:
 
 # --- the reference pipeline -----------------------------------------------------------------------
 
-def reference_learner(model_path: Path, work_dir: Path):
+def reference_learner(model_path: Path, work_dir: Path, size: tuple[int, int] = REF_SIZE):
     """A fastai Learner as `unet_learner(resnet18, pretrained=False, n_out=2)` makes it, with our weights.
 
     No Resize in its transforms, so `predict` runs the network at the size it is given (640×360).
@@ -151,7 +151,7 @@ def reference_learner(model_path: Path, work_dir: Path):
     images, masks = work_dir / "images", work_dir / "masks"
     images.mkdir(parents=True, exist_ok=True)
     masks.mkdir(exist_ok=True)
-    w, h = REF_SIZE
+    w, h = size
     for i in range(2):   # unet_learner needs DataLoaders: two dummy pairs at the working size
         cv2.imwrite(str(images / f"{i}.png"), np.full((h, w, 3), 100 + i, np.uint8))
         cv2.imwrite(str(masks / f"{i}.png"), np.zeros((h, w), np.uint8))
@@ -167,13 +167,14 @@ def reference_learner(model_path: Path, work_dir: Path):
     return learn, config.person_index
 
 
-def run_reference(src: Path, dst: Path, learn, person_index: int, max_frames: int) -> dict:
+def run_reference(src: Path, dst: Path, learn, person_index: int, max_frames: int,
+                  size: tuple[int, int] = REF_SIZE) -> dict:
     """The reference pipeline on the first `max_frames` frames of `src` -> `dst` (mp4v, 640×360)."""
     from fastai.vision.core import PILImage
 
     cap = cv2.VideoCapture(str(src))
     fps = cap.get(cv2.CAP_PROP_FPS) or 25
-    out = cv2.VideoWriter(str(dst), cv2.VideoWriter_fourcc(*"mp4v"), fps, REF_SIZE)
+    out = cv2.VideoWriter(str(dst), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
     frames = 0
     started = time.perf_counter()
     try:
@@ -181,7 +182,7 @@ def run_reference(src: Path, dst: Path, learn, person_index: int, max_frames: in
             ok, bgr = cap.read()
             if not ok:
                 break
-            bgr = cv2.resize(bgr, REF_SIZE)
+            bgr = cv2.resize(bgr, size)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 _, _, probs = learn.predict(PILImage.create(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
@@ -220,10 +221,9 @@ def _child(spec_json: str) -> None:
     import torch
 
     from pipeline.process import ProcessOptions, process_video
-    from pipeline.segment import load_segmenter
+    from pipeline.segment import load_segmenter, pipeline_threads
 
-    if spec["threads"]:
-        torch.set_num_threads(spec["threads"])
+    torch.set_num_threads(spec["threads"] or pipeline_threads())   # what `blurvid process` does
     seg_opts = {k: spec["options"].pop(k) for k in ("precision",) if k in spec["options"]}
     segmenter = load_segmenter(spec["model"], **seg_opts)
     size = tuple(spec["size"]) if spec["size"] else None
@@ -232,7 +232,8 @@ def _child(spec_json: str) -> None:
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # kilobytes on Linux
     print(json.dumps({"frames": report.frames, "seconds": report.seconds, "fps": report.fps,
                       "stage_seconds": dict(report.stage_seconds), "peak_rss_mb": rss_kb / 1024,
-                      "torch_threads": torch.get_num_threads()}))
+                      "torch_threads": torch.get_num_threads(),
+                      "precision": getattr(segmenter, "precision", None)}))
 
 
 # --- the benchmark --------------------------------------------------------------------------------
@@ -245,13 +246,14 @@ def clip_facts(path: Path) -> tuple[tuple[int, int], int]:
 
 
 def bench_case(case: Case, model_path: Path, work: Path, *, runs: int, learn=None,
-               person_index: int = 1, ref_frames: int = 24, log=print) -> CaseResult:
+               person_index: int = 1, ref_frames: int = 24, ref_size: tuple[int, int] = REF_SIZE,
+               log=print) -> CaseResult:
     src_size, frames = clip_facts(case.path)
     res = CaseResult(name=case.name, clip=str(case.path), note=case.note, src_size=src_size,
                      out_size=case.size or src_size, frames=frames)
     if case.reference and learn is not None:
         ref = run_reference(case.path, work / f"{case.name}-reference.mp4", learn, person_index,
-                            ref_frames)
+                            ref_frames, ref_size)
         res.ref_fps, res.ref_frames_timed = ref["fps"], ref["frames"]
         log(f"  reference: {ref['frames']} frames in {ref['seconds']:.1f} s = {ref['fps']:.2f} fps")
     for i in range(runs):
@@ -285,9 +287,10 @@ def machine_facts() -> dict:
 
     return {
         "cpu": model, "cores": os.cpu_count(), "platform": platform.platform(),
+        "load_average_1m": os.getloadavg()[0],   # other work on the machine skews every number
         "cpu_flags": sorted(f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")
                             if f in flags.split()),
-        "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+        "torch_threads_default": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "fastai": fastai.__version__, "av": av.__version__, "opencv": cv2.__version__,
                      "numpy": np.__version__},
@@ -312,36 +315,49 @@ def resolve_model(model: Path | None, work: Path, log=print) -> tuple[Path, bool
 
 
 def run_bench(cases: list[Case], *, model: Path | None = None, runs: int = 3, ref_frames: int = 24,
-              work: Path, log=print) -> dict:
-    """Benchmark `cases`; returns the JSON-ready result (machine, model, per-clip numbers)."""
+              work: Path, ref_size: tuple[int, int] = REF_SIZE, log=print) -> dict:
+    """Benchmark `cases`; returns the JSON-ready result (machine, model, per-clip numbers).
+
+    `ref_size` is the reference's working size: 640×360 (a smaller one only makes tests fast).
+    """
     model_path, trained = resolve_model(model, work, log)
-    learn, person_index = reference_learner(model_path, work / "ref-data")
+    learn, person_index = reference_learner(model_path, work / "ref-data", ref_size)
     results = []
     for case in cases:
         log(f"{case.name}: {case.path.name} {case.note}")
         results.append(bench_case(case, model_path, work, runs=runs, learn=learn if case.reference else None,
-                                  person_index=person_index, ref_frames=ref_frames, log=log))
+                                  person_index=person_index, ref_frames=ref_frames, ref_size=ref_size,
+                                  log=log))
+    with av.open(str(cases[0].path)) as clip:   # bf16 vs fp32 on real frames, with this model
+        src = [f.to_ndarray(format="rgb24") for _, f in zip(range(8), clip.decode(video=0))]
+    from pipeline.segment import load_model
+
+    w, h = load_model(model_path)[1].work_size
+    check = precision_check(model_path, np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA)
+                                                  for f in src]))
     by_name = {r.name: r for r in results}
     rss = {n: by_name[n].peak_rss_mb for n in ("one-by-one-10s", "one-by-one") if n in by_name}
     return {
         "machine": machine_facts(),
         "model": {"path": str(model_path), "trained": trained},
         "runs_per_clip": runs,
-        "reference": {"description": f"per frame: resize to {REF_SIZE[0]}x{REF_SIZE[1]}, fastai "
+        "reference": {"description": f"per frame: resize to {ref_size[0]}x{ref_size[1]}, fastai "
                       f"learn.predict, GaussianBlur k={REF_BLUR} on the whole frame, float blend, "
                       "OpenCV VideoWriter mp4v",
                       "frames_timed": ref_frames,
                       "extrapolated": "FPS over the first frames_timed frames, taken as the whole clip's"},
         "clips": [asdict(r) for r in results],
         "rss_short_vs_long_mb": rss,
+        "bf16_vs_fp32": check,
     }
 
 
 def print_table(result: dict) -> None:
     trained = "trained" if result["model"]["trained"] else "RANDOM (default model missing)"
     m = result["machine"]
-    print(f"\nmodel: {result['model']['path']} [{trained}]; {m['cores']} cores, torch threads "
-          f"{m['torch_threads']}; medians of {result['runs_per_clip']} run(s)")
+    run = result["clips"][0]["runs"][0]
+    print(f"\nmodel: {result['model']['path']} [{trained}]; {m['cores']} cores; model threads "
+          f"{run['torch_threads']}, precision {run['precision']}; medians of {result['runs_per_clip']} run(s)")
     print(f"{'clip':<20}{'in':>10}{'out':>10}{'frames':>7}{'ours fps':>9}{'ref fps':>8}{'ratio':>7}"
           f"   ms/frame: {'dec':>5}{'seg':>6}{'comp':>6}{'enc':>6}{'RSS MB':>8}")
     for c in result["clips"]:
@@ -395,7 +411,7 @@ def precision_check(model_path: Path | None, frames: np.ndarray, precision: str 
     """How far `precision`'s probabilities are from fp32's on `frames`: max/mean abs diff, mask agreement."""
     from pipeline.segment import load_segmenter
 
-    ref = load_segmenter(model_path)(frames)
+    ref = load_segmenter(model_path, precision="fp32")(frames)
     low = load_segmenter(model_path, precision=precision)(frames)
     diff = np.abs(ref - low)
     return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),

@@ -60,12 +60,17 @@ def _resolve_device(device: str) -> str:
 
 
 def _set_threads(threads: int | None) -> None:
+    import torch
+
+    from pipeline.segment import pipeline_threads
+
     if threads:
         import cv2
-        import torch
 
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
+    else:   # one core is left to decoding and encoding, which run beside the model
+        torch.set_num_threads(pipeline_threads())
 
 
 @click.group(cls=BlurvidGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -103,69 +108,93 @@ model_option = click.option(
          "(pickle runs code: only load files you trust). Default: the shipped person model.")
 
 
+# How one video is processed: shared by `process` and `batch`, so both take the same options.
+# Parameter names match ProcessOptions fields; process_options() picks them out by name.
+PROCESS_OPTIONS = [
+    model_option,
+    click.option("--blur", type=click.IntRange(1, 100), default=21, show_default=True,
+                 help="Background blur strength (1 = light, 100 = heavy)."),
+    click.option("--background", metavar="SPEC", default="blur", show_default=True,
+                 callback=_check_background,
+                 help="What goes behind the person: 'blur', an image or video file (looped), or a colour "
+                      "(#00ff00, green, 0,255,0)."),
+    click.option("--background-fit", type=click.Choice(["cover", "stretch"]), default="cover",
+                 show_default=True, help="How an image or video background fills the frame: "
+                                         "cover (scale and crop, keep its shape) or stretch."),
+    click.option("--light-wrap", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+                 help="Let the new background's light spill over the person's edge (0: off, 1: most)."),
+    click.option("--smooth", type=click.FloatRange(0, 1), default=0.7, show_default=True,
+                 help="Temporal smoothing of the mask where the model is unsure (0: off)."),
+    click.option("--side-by-side", is_flag=True, help="Show the result and the mask side by side "
+                                                       "(the output is twice as wide)."),
+    click.option("--size", type=SIZE, default=None, help="Output size WxH (default: the source's)."),
+    click.option("--work-size", type=SIZE, default=None,
+                 help="Model input size WxH (default: the model's, fitted to the video's aspect)."),
+    click.option("--crf", type=click.IntRange(0, 51), default=20, show_default=True,
+                 help="H.264 quality: lower is better and bigger."),
+    click.option("--preset", type=click.Choice(["ultrafast", "superfast", "veryfast", "faster", "fast",
+                                                "medium", "slow", "slower", "veryslow"]),
+                 default="veryfast", show_default=True, help="H.264 encoder speed preset."),
+    click.option("--thumb-every", type=click.IntRange(min=0), default=25, show_default=True,
+                 help="Save every Nth frame as a JPEG beside the output (0: none)."),
+    click.option("--batch-size", type=click.IntRange(1, 256), default=4, show_default=True,
+                 help="Frames per model call."),
+    click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
+    click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
+                 show_default=True,
+                 help="Model arithmetic: bf16 is ~2x faster where the CPU/GPU has it (auto picks it there)."),
+    click.option("--threads", type=click.IntRange(min=1), default=None,
+                 help="CPU threads for the model and OpenCV, per video (default: all cores but one; in batch, "
+                      "the cores divided among the jobs)."),
+    click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
+]
+
+
+def shared_process_options(command):
+    """Decorator: PROCESS_OPTIONS on a command, in that order in its --help."""
+    for option in reversed(PROCESS_OPTIONS):
+        command = option(command)
+    return command
+
+
+def process_options(params: dict, **overrides):
+    """ProcessOptions from a command's parameters: each one named like a field (the one place)."""
+    from dataclasses import fields
+
+    from pipeline.process import ProcessOptions
+
+    names = {f.name for f in fields(ProcessOptions)}
+    return ProcessOptions(**{k: v for k, v in {**params, **overrides}.items() if k in names})
+
+
 @main.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output .mp4 file.")
-@model_option
-@click.option("--blur", type=click.IntRange(1, 100), default=21, show_default=True,
-              help="Background blur strength (1 = light, 100 = heavy).")
-@click.option("--background", metavar="SPEC", default="blur", show_default=True,
-              callback=_check_background,
-              help="What goes behind the person: 'blur', an image or video file (looped), or a colour "
-                   "(#00ff00, green, 0,255,0).")
-@click.option("--background-fit", type=click.Choice(["cover", "stretch"]), default="cover",
-              show_default=True, help="How an image or video background fills the frame: "
-                                      "cover (scale and crop, keep its shape) or stretch.")
-@click.option("--light-wrap", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Let the new background's light spill over the person's edge (0: off, 1: most).")
-@click.option("--smooth", type=click.FloatRange(0, 1), default=0.7, show_default=True,
-              help="Temporal smoothing of the mask where the model is unsure (0: off).")
+@shared_process_options
 @click.option("--output-alpha", type=click.Path(path_type=Path), default=None,
               callback=_check_alpha_output,
               help="Also write the person with transparency: FILE.mov (ProRes 4444), FILE.webm (VP9) "
                    "or a folder (PNG sequence).")
 @click.option("--matte", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the soft mask as a greyscale H.264 video (.mp4).")
-@click.option("--side-by-side", is_flag=True, help="Show the result and the mask side by side "
-                                                    "(the output is twice as wide).")
-@click.option("--size", type=SIZE, default=None, help="Output size WxH (default: the source's).")
-@click.option("--work-size", type=SIZE, default=None,
-              help="Model input size WxH (default: the model's, fitted to the video's aspect).")
-@click.option("--crf", type=click.IntRange(0, 51), default=20, show_default=True,
-              help="H.264 quality: lower is better and bigger.")
-@click.option("--preset", type=click.Choice(["ultrafast", "superfast", "veryfast", "faster", "fast",
-                                             "medium", "slow", "slower", "veryslow"]),
-              default="veryfast", show_default=True, help="H.264 encoder speed preset.")
-@click.option("--thumb-every", type=click.IntRange(min=0), default=25, show_default=True,
-              help="Save every Nth frame as a JPEG beside the output (0: none).")
-@click.option("--batch-size", type=click.IntRange(1, 256), default=4, show_default=True,
-              help="Frames per model call.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads for the model and OpenCV (default: all cores).")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def process(input_path: Path, output: Path, model_path: Path | None, blur: int, background: str,
             background_fit: str, light_wrap: float, smooth: float, output_alpha: Path | None,
             matte: Path | None, side_by_side: bool, size, work_size,
             crf: int, preset: str, thumb_every: int, batch_size: int, device: str,
-            threads: int | None, overwrite: bool, quiet: bool) -> None:
+            threads: int | None, precision: str, overwrite: bool, quiet: bool) -> None:
     """Blur or replace the background behind people in INPUT: an H.264 mp4 with INPUT's audio."""
     from tqdm import tqdm
 
-    from pipeline.process import ProcessOptions, process_video
+    from pipeline.process import process_video
     from pipeline.segment import load_segmenter
     from pipeline.video import VideoReader
 
     _set_threads(threads)
     with VideoReader(input_path):   # a bad input is reported before the model is loaded
         pass
-    options = ProcessOptions(blur=blur, size=size, work_size=work_size, crf=crf, preset=preset,
-                             thumb_every=thumb_every, batch_size=batch_size, overwrite=overwrite,
-                             background=background, background_fit=background_fit,
-                             light_wrap=light_wrap, smooth=smooth, output_alpha=output_alpha,
-                             matte=matte, side_by_side=side_by_side)
-    segmenter = load_segmenter(model_path, device=_resolve_device(device))
+    options = process_options(click.get_current_context().params)
+    segmenter = load_segmenter(model_path, device=_resolve_device(device), precision=precision)
     bars: list[tqdm] = []   # made once the input has opened, so a bad input prints only its error
 
     def start(info) -> None:
@@ -181,6 +210,77 @@ def process(input_path: Path, output: Path, model_path: Path | None, blur: int, 
     if not quiet:
         click.echo(f"{output}: {report.frames} frames in {report.seconds:.1f} s "
                    f"({report.fps:.1f} fps)", err=True)
+
+
+@main.command()
+@click.argument("input_dir", metavar="INPUT_DIR",
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False, path_type=Path),
+              required=True, help="Folder for the results: each video's relative path, as .mp4.")
+@click.option("-r", "--recursive", is_flag=True, help="Also the videos in subfolders.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="Videos processed at once, each in its own process (default: half the cores).")
+@click.option("--ray", "ray_address", metavar="auto|ADDRESS", default=None,
+              help="Run one task per video on a Ray cluster instead ('auto': the running one). Every "
+                   "node needs blurvid and the same paths to INPUT_DIR and OUTPUT_DIR.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report instead of the table.")
+@shared_process_options
+@click.option("--overwrite", is_flag=True,
+              help="Redo every video, also those whose output is up to date, and replace outputs "
+                   "this batch did not make.")
+def batch(input_dir: Path, output_dir: Path, recursive: bool, jobs: int | None, ray_address: str | None,
+          as_json: bool, model_path: Path | None, device: str, precision: str, threads: int | None,
+          overwrite: bool, quiet: bool, **_: object) -> None:
+    """Process every video in INPUT_DIR into OUTPUT_DIR; skips outputs that are up to date.
+
+    Videos: mp4 mov mkv webm mpg mpeg avi m4v ts. A file that fails is reported and the rest go on;
+    the exit status is 1 if any failed. OUTPUT_DIR/.blurvid-manifest.json records what made each
+    output, so a rerun only redoes what changed (input, model or options)."""
+    import json
+
+    from tqdm import tqdm
+
+    from pipeline.batch import (VIDEO_EXTENSIONS, check_output_dir, default_parallelism, format_table,
+                                json_report, plan_batch, run_batch, threads_per_job)
+    from pipeline.segment import load_segmenter
+
+    if jobs and ray_address:
+        raise click.UsageError("--jobs and --ray do not go together: Ray decides how many run at once")
+    check_output_dir(output_dir)
+    todo = plan_batch(input_dir, output_dir, recursive=recursive)
+    if not todo:
+        kinds = " ".join(sorted(ext[1:] for ext in VIDEO_EXTENSIONS))
+        hint = "" if recursive else "; --recursive also looks in subfolders"
+        raise click.ClickException(f"{input_dir}: no videos found ({kinds}){hint}")
+    if not ray_address:
+        jobs = jobs or default_parallelism()[0]
+    device = _resolve_device(device)
+    if jobs == 1:
+        _set_threads(threads or threads_per_job(1))
+    options = process_options(click.get_current_context().params, overwrite=False)
+    model_kwargs = {"precision": precision}
+    segmenter = load_segmenter(model_path, device=device, **model_kwargs)   # a bad model stops here
+    if ray_address:
+        from pipeline.distributed import connect
+
+        connect(ray_address)   # before the progress bar, so a failure is one clean line
+    with tqdm(total=len(todo), unit="video", desc="batch", disable=quiet or as_json,
+              dynamic_ncols=True) as bar:
+        def done(result) -> None:
+            bar.set_postfix_str(f"{result.name}: {result.status}")
+            bar.update(1)
+
+        results = run_batch(todo, options, output_dir, model_path=model_path, device=device,
+                            workers=jobs or 1, threads=threads, redo=overwrite, segmenter=segmenter,
+                            model_kwargs=model_kwargs, ray_address=ray_address, on_result=done)
+    if as_json:
+        click.echo(json.dumps(json_report(results, input_dir=str(input_dir), output_dir=str(output_dir),
+                                          model=str(model_path or "default"), jobs=jobs,
+                                          ray=ray_address), indent=2))
+    else:
+        click.echo(format_table(results))
+    if any(r.status == "failed" for r in results):
+        click.get_current_context().exit(1)
 
 
 @main.command()

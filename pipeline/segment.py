@@ -17,6 +17,7 @@ when loaded, so it is only ever loaded when the user names it.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import types
 import warnings
@@ -35,7 +36,9 @@ DEFAULT_MODEL = MODELS_DIR / "person-unet-r18.safetensors"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CONFIG_VERSION = 1
-PRECISIONS = ("fp32", "bf16")  # UnetSegmenter(precision=...): bf16 runs the network under autocast
+# UnetSegmenter(precision=...): "bf16" runs the network under bf16 autocast, "auto" picks bf16 where the
+# hardware does it natively (avx512_bf16/AMX CPUs, CUDA) and fp32 elsewhere, where emulated bf16 is slower.
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 class Segmenter(Protocol):
@@ -155,13 +158,11 @@ class UnetSegmenter:
 
     def __init__(self, model: nn.Module, config: ModelConfig, *, device: str = "cpu",
                  work_size: tuple[int, int] | None = None, channels_last: bool = True,
-                 person_index: int | None = None, precision: str = "fp32"):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+                 person_index: int | None = None, precision: str = "auto"):
         self.config = config
-        self.precision = precision
         self.work_size = tuple(work_size or config.work_size)
         self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.person_index = config.person_index if person_index is None else person_index
         # channels_last lets oneDNN pick its fastest convolution kernels on CPU.
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -177,15 +178,43 @@ class UnetSegmenter:
         x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
         x = x.permute(0, 3, 1, 2).float()                    # [B, 3, h, w], still 0..255
         x = ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
-        # bf16 autocast: ~2x faster on CPUs with avx512_bf16/AMX (and on CUDA); see pipeline/bench.py.
+        # bf16: 1.9x faster on an avx512_bf16 CPU, p(person) within 0.001 on average (pipeline/bench.py).
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             logits = self.model(x)                           # [B, C, h, w]
         prob = logits.float().softmax(dim=1)[:, self.person_index]
         return prob.cpu().numpy()
 
 
+def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
+    """"fp32" or "bf16" for a `precision` of PRECISIONS on `device` ("auto": bf16 where it is native)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    native = [getattr(torch.cpu, name, lambda: False)() for name in
+              ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]   # private, so looked up softly
+    return "bf16" if device.type == "cpu" and any(native) else "fp32"
+
+
+def pipeline_threads(cores: int | None = None) -> int:
+    """Model threads while decoding and encoding run beside it: all cores but one.
+
+    On 2 cores, 2 model threads ran `blurvid process` at 3-14 fps (OpenMP threads spin at every layer
+    while the decoder or encoder holds the other core) against a steady 15 fps with 1 thread.
+    """
+    if cores is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:   # not Linux
+            cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
 def load_segmenter(path: str | Path | None = None, *, device: str = "cpu",
-                   work_size: tuple[int, int] | None = None, precision: str = "fp32") -> Segmenter:
+                   work_size: tuple[int, int] | None = None, precision: str = "auto") -> Segmenter:
     """The Segmenter for a model file: None (the shipped default), .safetensors/.json, or a fastai .pkl."""
     path = DEFAULT_MODEL if path is None else Path(path)
     if path.is_dir():
@@ -235,7 +264,7 @@ _tolerant_pickle = types.SimpleNamespace(
 
 
 def load_fastai_export(path: str | Path, *, device: str = "cpu", work_size: tuple[int, int] | None = None,
-                       precision: str = "fp32") -> UnetSegmenter:
+                       precision: str = "auto") -> UnetSegmenter:
     """Load a `learn.export()` .pkl. Pickle runs code: only call this on a file the user named."""
     path = Path(path)
     if not path.is_file():

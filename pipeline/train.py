@@ -233,6 +233,20 @@ class EpochCheckpoint(SaveModelCallback):
         pass
 
 
+def checkpoint_to_model(checkpoint: Path, out: Path, config: ModelConfig = ModelConfig(), **training) -> Path:
+    """Write a model file from an epoch checkpoint (fastai `learn.save`), e.g. of an unfinished run.
+
+        checkpoint_to_model(DEFAULT_CHECKPOINTS / "last.pth", Path("models/wip.safetensors"))
+    """
+    from pipeline.segment import build_unet
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    model = build_unet(config)
+    model.load_state_dict(state["model"] if "model" in state else state)
+    config = replace(config, training={**config.training, "checkpoint": str(checkpoint), **training})
+    return save_model(model, config, out)
+
+
 def _describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

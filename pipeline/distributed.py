@@ -1,0 +1,124 @@
+"""`blurvid batch --ray`: one Ray task per video, the model shipped once through the object store.
+
+    for job, record, result in run_tasks(todo, model_path=None, device="cpu", address="auto"):
+        print(result.name, result.status)
+
+Every node needs blurvid installed and must see the input and output folders at the same paths (a
+shared filesystem): each task reads its video and writes its output (atomically, as always) there.
+The model's files are put in the object store once and written to a temporary folder on each
+worker, which loads them once. A task that crashes or raises something unexpected is retried once,
+then reported as failed; a BlurvidError (a bad input) is a result, not retried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.batch import Job, JobResult, init_worker, process_job
+from pipeline.errors import BlurvidError
+
+if TYPE_CHECKING:
+    from pipeline.process import ProcessOptions
+    from pipeline.segment import Segmenter
+
+RETRIES = 1         # a failed task runs once more before it is reported
+TASK_THREADS = 2    # CPUs (and torch threads) per task unless --threads says otherwise
+
+
+def connect(address: str) -> None:
+    """ray.init(address) unless this process already has Ray running (e.g. a local instance)."""
+    try:
+        import ray
+    except ImportError as e:
+        raise BlurvidError("--ray needs Ray: pip install 'blurvid[ray]'") from e
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise BlurvidError(f"cannot connect to a Ray cluster at {address!r} ({e}); start one with "
+                           "`ray start --head` or give its address (ray://HOST:10001 or HOST:6379)") from e
+
+
+def model_blob(model_path: Path | None) -> dict[str, Any]:
+    """The model's files as bytes: {"name": file name, "files": {suffix: bytes}, "sha256": ...}."""
+    from pipeline.segment import DEFAULT_MODEL
+
+    path = Path(model_path) if model_path is not None else DEFAULT_MODEL
+    paths = [path] if path.suffix == ".pkl" else [path.with_suffix(".safetensors"), path.with_suffix(".json")]
+    files = {p.suffix: p.read_bytes() for p in paths}
+    digest = hashlib.sha256(b"".join(files[s] for s in sorted(files))).hexdigest()
+    return {"name": path.name, "files": files, "sha256": digest}
+
+
+_loaded: dict[tuple[str, str], Segmenter] = {}   # per worker process: model sha and device -> Segmenter
+_threads_set = False
+
+
+def _worker_segmenter(blob: dict[str, Any], device: str, model_kwargs: dict[str, Any]) -> Segmenter:
+    from pipeline.segment import load_segmenter
+
+    key = (blob["sha256"], device, tuple(sorted(model_kwargs.items())))
+    if key not in _loaded:
+        with tempfile.TemporaryDirectory(prefix="blurvid-model-") as folder:
+            path = Path(folder) / blob["name"]
+            for suffix, data in blob["files"].items():
+                path.with_suffix(suffix).write_bytes(data)
+            _loaded[key] = load_segmenter(path, device=device, **model_kwargs)
+    return _loaded[key]
+
+
+def _task(job: Job, options: ProcessOptions, blob: dict[str, Any], device: str, threads: int,
+          model_kwargs: dict[str, Any], job_fn: Callable[..., JobResult]) -> JobResult:
+    """Runs on a Ray worker: Ray hands `blob` over from the object store (one copy per node)."""
+    global _threads_set
+    if not _threads_set:
+        init_worker(threads)
+        _threads_set = True
+    return job_fn(job, options, None, device, _worker_segmenter(blob, device, model_kwargs))
+
+
+def run_tasks(todo: list[tuple[Job, ProcessOptions, dict]], *, model_path: Path | None, device: str,
+              address: str = "auto", threads: int = TASK_THREADS, model_kwargs: dict[str, Any] | None = None,
+              job_fn: Callable[..., JobResult] = process_job) -> Iterator[tuple[Job, dict, JobResult]]:
+    """Submits one task per (job, options, record) and yields (job, record, result) as each finishes.
+
+    Each task asks Ray for `threads` CPUs and runs with that many torch/OpenCV threads and loads the
+    model with load_segmenter(..., **model_kwargs) (e.g. precision). `job_fn` is
+    what a task does with its video (process_job; tests pass a flaky one).
+    """
+    import ray
+
+    connect(address)
+    blob = ray.put(model_blob(model_path))   # once; every task gets this reference
+    task = ray.remote(_task).options(num_cpus=threads, max_retries=RETRIES, retry_exceptions=True)
+    pending = {task.remote(job, opts, blob, device, threads, model_kwargs or {}, job_fn): (job, record)
+               for job, opts, record in todo}
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                job, record = pending.pop(ref)
+                yield job, record, _outcome(job, ref)
+    finally:
+        for ref in pending:   # stopped early (Ctrl-C): do not leave the cluster busy
+            ray.cancel(ref, force=True)
+
+
+def _outcome(job: Job, ref) -> JobResult:
+    import ray
+    from ray.exceptions import RayError, RayTaskError
+
+    try:
+        return ray.get(ref)
+    except RayTaskError as e:   # raised by the task twice: the original exception is its cause
+        cause = e.cause if getattr(e, "cause", None) is not None else e
+        reason = f"{type(cause).__name__}: {cause}".splitlines()[0]
+    except RayError as e:       # the worker or its node died twice, or the task was cancelled
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return JobResult(job.name, job.key, "failed",
+                     error=f"{job.name}: {reason} (after {RETRIES + 1} attempts)")
