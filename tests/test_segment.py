@@ -133,3 +133,20 @@ def test_default_model_loads():
 def tiny_dataset(tmp_path):
     from helpers import make_tiny_dataset
     return make_tiny_dataset(tmp_path / "tiny")
+
+
+@pytest.mark.media
+@pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the default model has not been trained yet")
+def test_default_model_quality_floor(tmp_path):
+    """Regression floor for the shipped model on EG1800 test portraits (MODEL.md: IoU 0.716 on all 264)."""
+    from pipeline.evaluate import evaluate_masks
+
+    eg1800 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "eg1800"
+    if not (eg1800 / "test.txt").is_file():
+        pytest.skip("../shared/datasets/eg1800 not found: the quality floor needs its test split")
+    names = (eg1800 / "test.txt").read_text().split()[:24]
+    split = tmp_path / "first-test-images.txt"
+    split.write_text("\n".join(names))
+    scores = evaluate_masks(load_segmenter(), eg1800, split=split)
+    assert scores.images == 24
+    assert scores.iou > 0.6
