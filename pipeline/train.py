@@ -190,6 +190,7 @@ def train(data: Path, out: Path, opts: TrainOptions = TrainOptions(), *, log=pri
     learn.fit_one_cycle(epochs, opts.lr, start_epoch=start_epoch,
                         cbs=[EpochCheckpoint(opts.checkpoint_dir)])
     minutes = (time.time() - started) / 60
+    losses = [float(v) for v in learn.recorder.losses]   # validate() below resets the recorder
 
     valid_loss, valid_iou = (float(v) for v in learn.validate())
     config = replace(config, training={
@@ -204,7 +205,7 @@ def train(data: Path, out: Path, opts: TrainOptions = TrainOptions(), *, log=pri
     log(f"wrote {path} (valid IoU {valid_iou:.4f}, {minutes:.1f} min)")
     if opts.export_pkl is not None:
         learn.export(Path(opts.export_pkl).absolute())
-    return TrainResult(path=path, losses=[float(v) for v in learn.recorder.losses], valid_iou=valid_iou)
+    return TrainResult(path=path, losses=losses, valid_iou=valid_iou)
 
 
 def _epochs_within(learn, seconds: float, lr: float, *, log=print) -> int:
