@@ -216,6 +216,14 @@ def _probe(path: str | Path) -> dict:
     return facts
 
 
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A randomly initialised U-Net at a tiny working size, saved as safetensors + JSON."""
+    from helpers import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("model"))
+
+
 @pytest.fixture
 def probe() -> Callable[[str | Path], dict]:
     """probe(path) -> dict of stream facts (see _probe) for end-to-end checks."""

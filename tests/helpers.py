@@ -21,3 +21,11 @@ def make_tiny_dataset(root: Path, n: int = 12, size=(64, 48), seed: int = 0) -> 
         cv2.imwrite(str(root / "images" / f"{i:03d}.jpg"), img)
         cv2.imwrite(str(root / "masks" / f"{i:03d}.png"), msk)
     return root
+
+
+def make_tiny_model(folder: Path, name: str = "tiny") -> Path:
+    """A randomly initialised U-Net at a tiny working size (64×48): the real code path, fast."""
+    from pipeline.segment import ModelConfig, build_unet, save_model
+
+    config = ModelConfig(work_size=(64, 48))
+    return save_model(build_unet(config), config, Path(folder) / f"{name}.safetensors")

@@ -14,21 +14,11 @@ from click.testing import CliRunner
 from pipeline.batch import (MANIFEST_NAME, default_parallelism, find_videos, input_fingerprint,
                             plan_batch)
 from pipeline.cli import PROCESS_OPTIONS, main
-from pipeline.segment import ModelConfig, build_unet, save_model
 
 REPO = Path(__file__).resolve().parents[1]
+from helpers import make_tiny_model  # noqa: E402
+
 FAST = ["--thumb-every", "0", "--preset", "ultrafast", "-q"]
-
-
-def make_tiny_model(folder: Path, name: str = "tiny") -> Path:
-    config = ModelConfig(work_size=(64, 48))
-    return save_model(build_unet(config), config, folder / f"{name}.safetensors")
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    """A randomly initialised U-Net at a tiny working size: real code path, fast."""
-    return make_tiny_model(tmp_path_factory.mktemp("m"))
 
 
 @pytest.fixture

@@ -12,16 +12,8 @@ from click.testing import CliRunner
 
 from conftest import make_empty_video
 from pipeline.cli import main
-from pipeline.segment import ModelConfig, build_unet, save_model
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    """A randomly initialised U-Net at a tiny working size: real code path, fast."""
-    config = ModelConfig(work_size=(64, 48))
-    return save_model(build_unet(config), config, tmp_path_factory.mktemp("m") / "tiny.safetensors")
 
 
 @pytest.fixture

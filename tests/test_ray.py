@@ -14,7 +14,6 @@ from pipeline.batch import MANIFEST_NAME, Manifest, plan_batch, prepare  # noqa:
 from pipeline.cli import main  # noqa: E402
 from pipeline.distributed import RETRIES, run_tasks  # noqa: E402
 from pipeline.process import ProcessOptions  # noqa: E402
-from pipeline.segment import ModelConfig, build_unet, save_model  # noqa: E402
 
 FAST = ["--thumb-every", "0", "--preset", "ultrafast", "-q"]
 
@@ -27,12 +26,6 @@ def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024**2, log_to_driver=False)
     yield
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    config = ModelConfig(work_size=(64, 48))
-    return save_model(build_unet(config), config, tmp_path_factory.mktemp("m") / "tiny.safetensors")
 
 
 @pytest.fixture
