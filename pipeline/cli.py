@@ -241,7 +241,7 @@ def batch(input_dir: Path, output_dir: Path, recursive: bool, jobs: int | None, 
     from tqdm import tqdm
 
     from pipeline.batch import (VIDEO_EXTENSIONS, check_output_dir, default_parallelism, format_table,
-                                json_report, plan_batch, run_batch, threads_per_job)
+                                json_report, plan_batch, run_batch)
     from pipeline.segment import load_segmenter
 
     if jobs and ray_address:
@@ -255,8 +255,8 @@ def batch(input_dir: Path, output_dir: Path, recursive: bool, jobs: int | None, 
     if not ray_address:
         jobs = jobs or default_parallelism()[0]
     device = _resolve_device(device)
-    if jobs == 1:
-        _set_threads(threads or threads_per_job(1))
+    if jobs == 1:   # in-process, exactly like `blurvid process`
+        _set_threads(threads)
     options = process_options(click.get_current_context().params, overwrite=False)
     model_kwargs = {"precision": precision}
     segmenter = load_segmenter(model_path, device=device, **model_kwargs)   # a bad model stops here
