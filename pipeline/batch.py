@@ -12,7 +12,9 @@ the others; its BlurvidError message is its reason.
 
 Workers are separate processes ('spawn'), each loading the model once and running the normal
 streaming pipeline (pipeline.process) with `threads` torch/OpenCV threads. Only the parent writes the
-manifest, after each file, so an interrupted batch keeps everything finished so far.
+manifest, after each file, so an interrupted batch keeps everything finished so far. With
+`chunk_seconds`, long videos are split at keyframes into chunks that run as separate pieces and are
+joined by the parent without re-encoding (pipeline.chunks); the manifest records the joined output.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class JobResult:
     fps: float = 0.0
     seconds: float = 0.0
     error: str | None = None
+    chunks: int = 0    # pieces the video was processed in (pipeline.chunks); 0: whole
 
 
 def default_parallelism(cores: int | None = None) -> tuple[int, int]:
@@ -263,7 +266,7 @@ def prepare(jobs: Iterable[Job], options: ProcessOptions, model_path: Path | Non
 def run_batch(jobs: list[Job], options: ProcessOptions, output_dir: Path, *, model_path: Path | None = None,
               device: str = "cpu", workers: int = 1, threads: int | None = None, redo: bool = False,
               segmenter: Segmenter | None = None, model_kwargs: dict[str, Any] | None = None,
-              ray_address: str | None = None,
+              ray_address: str | None = None, chunk_seconds: float | None = None,
               on_result: Callable[[JobResult], None] | None = None) -> list[JobResult]:
     """Process every job not already up to date; returns one result per job, in the jobs' order.
 
@@ -271,9 +274,13 @@ def run_batch(jobs: list[Job], options: ProcessOptions, output_dir: Path, *, mod
     shared among them); 1 (or a single file to do) runs here, with `segmenter` if given, leaving this
     process's thread settings alone. `model_kwargs` go to load_segmenter where a model is loaded
     (e.g. precision). `ray_address` runs one task per video on that Ray cluster
-    instead (pipeline.distributed; `threads` CPUs per task). The manifest is updated after each
+    instead (pipeline.distributed; `threads` CPUs per task). `chunk_seconds` splits videos longer
+    than 1.5 times that into chunks at keyframes, processed as separate pieces (in parallel, like
+    videos) and joined without re-encoding (pipeline.chunks). The manifest is updated after each
     finished file. `on_result` is called as each result is known (skipped ones first).
     """
+    from pipeline.chunks import ChunkJob, run_piece, split_jobs
+
     manifest = Manifest(output_dir)
     model_kwargs = model_kwargs or {}
     todo, known = prepare(jobs, options, model_path, manifest, redo=redo, model_kwargs=model_kwargs)
@@ -285,28 +292,56 @@ def run_batch(jobs: list[Job], options: ProcessOptions, output_dir: Path, *, mod
     def finish(job: Job, result: JobResult, record: dict) -> None:
         if result.status == "done":
             manifest.files[job.key] = {**record, "source": job.name, "frames": result.frames,
+                                       "chunks": result.chunks,
                                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             manifest.save()
         results[job.name] = result
         if on_result:
             on_result(result)
 
+    pieces, chunked, unplanned = split_jobs(todo, chunk_seconds)
+    for job, record, result in unplanned:
+        finish(job, result, record)
+
+    def landed(piece: Job | ChunkJob, result: JobResult, record: dict) -> None:
+        """A piece is back: a whole video is finished; a chunked one once its last chunk is in."""
+        if isinstance(piece, ChunkJob):
+            video = chunked[piece.key]
+            if video.add(piece, result):
+                finish(piece.job, video.finish(), record)
+        else:
+            finish(piece, result, record)
+
+    try:
+        _run_pieces(pieces, landed, run_piece, model_path=model_path, device=device, workers=workers,
+                    threads=threads, segmenter=segmenter, model_kwargs=model_kwargs,
+                    ray_address=ray_address)
+    finally:
+        for video in chunked.values():   # stopped early: no chunk folder is left behind
+            video.cleanup()
+    return [results[job.name] for job in jobs]
+
+
+def _run_pieces(todo: list[tuple], landed: Callable, run_piece: Callable, *, model_path: Path | None,
+                device: str, workers: int, threads: int | None, segmenter: Segmenter | None,
+                model_kwargs: dict[str, Any], ray_address: str | None) -> None:
+    """Runs each (piece, options, record) on Ray, in worker processes or here; landed() as each ends."""
     if ray_address is not None and todo:
         from pipeline.distributed import TASK_THREADS, run_tasks
 
         for job, record, result in run_tasks(todo, model_path=model_path, device=device,
                                              address=ray_address, threads=threads or TASK_THREADS,
-                                             model_kwargs=model_kwargs):
-            finish(job, result, record)
+                                             model_kwargs=model_kwargs, job_fn=run_piece):
+            landed(job, result, record)
     elif workers <= 1 or len(todo) <= 1:
         for job, opts, record in todo:
-            finish(job, process_job(job, opts, model_path, device, segmenter, model_kwargs), record)
+            landed(job, run_piece(job, opts, model_path, device, segmenter, model_kwargs), record)
     else:
         context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools and locks
         with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context,
                                  initializer=init_worker,
                                  initargs=(threads or threads_per_job(workers),)) as pool:
-            pending = {pool.submit(process_job, job, opts, model_path, device, None, model_kwargs):
+            pending = {pool.submit(run_piece, job, opts, model_path, device, None, model_kwargs):
                        (job, record)
                        for job, opts, record in todo}
             try:
@@ -314,11 +349,10 @@ def run_batch(jobs: list[Job], options: ProcessOptions, output_dir: Path, *, mod
                     finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for future in finished:
                         job, record = pending.pop(future)
-                        finish(job, _outcome(job, future), record)
+                        landed(job, _outcome(job, future), record)
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
-    return [results[job.name] for job in jobs]
 
 
 def _outcome(job: Job, future) -> JobResult:

@@ -2,6 +2,7 @@
 
     python -m pipeline.bench --shared ../shared --json output/bench.json          # make bench
     python -m pipeline.bench --shared ../shared --json output/bench.json --quick  # 1 run per clip
+    python -m pipeline.bench --only batch --quick         # the batch section alone, small
     python -m pipeline.bench --levers                     # segmentation ms/frame: size, batch, precision
 
 The reference is what a first fastai script does: per frame, resize to 640×360, one fastai
@@ -11,6 +12,9 @@ the first `ref_frames` frames of each clip and its FPS extrapolated to the whole
 
 Ours is `process_video` with default options, each run in a fresh child process so that its peak RSS
 (ru_maxrss) and warm caches are its own. Numbers are medians over `runs` runs.
+
+The batch section (`batch` in --only) times `blurvid batch` on 8 short clips with --jobs 1, --jobs 2
+and a local Ray, and a long clip whole against in chunks: videos per minute (bench_batch).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -372,6 +377,166 @@ def print_table(result: dict) -> None:
           "and extrapolated to the clip; stage times overlap (decode and encode run in their own threads)")
 
 
+# --- batch: videos per minute, jobs vs Ray, chunked vs whole --------------------------------------
+
+BATCH_CLIPS = 8   # short clips in the batch figure (issue #6)
+
+
+def cut_clip(path: Path, src: Path, *, start: float, seconds: float) -> Path:
+    """Whole GOPs of `src`'s video from its first keyframe at or after `start`, for about `seconds`,
+    copied without re-encoding and timed from 0: a real clip that keeps the source's keyframes.
+
+    Meant for sources with closed GOPs (one-by-one.mp4: a keyframe every second); video only.
+    """
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial.mp4")
+    start, seconds = (Fraction(x).limit_denominator(10**6) for x in (start, seconds))   # 0.4 s is 2/5
+    with av.open(str(src)) as inp, av.open(str(tmp), "w") as out:
+        video = inp.streams.video[0]
+        copy = out.add_stream_from_template(video)
+        first = None
+        for packet in inp.demux(video):
+            if packet.size == 0 or packet.pts is None:
+                continue
+            if packet.is_keyframe:
+                if first is None and packet.pts * video.time_base >= start:
+                    first = packet.pts
+                elif first is not None and (packet.pts - first) * video.time_base >= seconds:
+                    break
+            if first is None:
+                continue
+            packet.pts -= first
+            if packet.dts is not None:
+                packet.dts -= first
+            packet.stream = copy
+            out.mux(packet)
+    if first is None:
+        tmp.unlink(missing_ok=True)
+        raise SystemExit(f"{src}: no keyframe at or after {start} s")
+    tmp.rename(path)
+    return path
+
+
+def batch_clips(shared: Path, cache: Path, *, quick: bool) -> tuple[list[Path], Path, dict]:
+    """8 short clips and one long one, cut from one-by-one.mp4 (768×432, 10 fps, keyframe every 1 s)."""
+    src = shared / "media" / "one-by-one.mp4"
+    short_s, long_s = (1, 20) if quick else (3, 60)
+    shorts = [cut_clip(cache / f"batch-{short_s}s" / f"clip{i}.mp4", src, start=5 + i * (short_s + 2),
+                       seconds=short_s) for i in range(BATCH_CLIPS)]
+    long_clip = cut_clip(cache / f"one-by-one-first-{long_s}s.mp4", src, start=0, seconds=long_s)
+    about = {"short": f"{BATCH_CLIPS} × {short_s} s cut from {src.name} at keyframes (stream copy, no audio)",
+             "long": f"the first {long_s} s of {src.name} (of 139 s; stream copy), to keep the bench bearable"}
+    return shorts, long_clip, about
+
+
+def run_batch_child(args: list[str], *, ray_cpus: int | None = None) -> dict:
+    """`blurvid batch ARGS --json` in a fresh Python (with a local Ray of `ray_cpus` CPUs first)."""
+    spec = {"args": ["batch", *args, "--json", "-q"], "ray_cpus": ray_cpus}
+    proc = subprocess.run([sys.executable, "-m", "pipeline.bench", "--batch-child", json.dumps(spec)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"batch benchmark run {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _batch_child(spec_json: str) -> None:
+    """Runs in the child: the batch command, timed from the call (Ray's start-up timed apart)."""
+    import contextlib
+    import io
+
+    from pipeline.cli import main as cli
+
+    spec = json.loads(spec_json)
+    ray_init = None
+    if spec["ray_cpus"]:
+        import ray
+
+        t0 = time.perf_counter()
+        ray.init(num_cpus=spec["ray_cpus"], include_dashboard=False, log_to_driver=False)
+        ray_init = time.perf_counter() - t0
+    printed = io.StringIO()
+    try:
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(printed):
+            code = cli.main(spec["args"], standalone_mode=False)
+        seconds = time.perf_counter() - t0
+    finally:
+        if ray_init is not None:
+            ray.shutdown()
+    report = json.loads(printed.getvalue())
+    if code or report["failed"]:
+        raise SystemExit(f"batch failed: {[f['error'] for f in report['files'] if f['error']]}")
+    print(json.dumps({"seconds": seconds, "ray_init_seconds": ray_init, "videos": report["done"],
+                      "frames": sum(f["frames"] for f in report["files"]),
+                      "chunks": sum(f["chunks"] for f in report["files"])}))
+
+
+def bench_batch(shorts: list[Path], long_clip: Path, model_path: Path, work: Path, *, chunk_seconds: float,
+                runs: int = 1, cores: int | None = None, ray: bool = True, about: dict | None = None,
+                log=print) -> dict:
+    """Videos per minute for `shorts` with --jobs 1, --jobs 2 and Ray local; `long_clip` whole vs chunked.
+
+    Each configuration is `blurvid batch` (default options) into an empty folder in a fresh Python,
+    timed from the command's start (model load and worker start-up included; Ray's own start-up is
+    reported apart); medians over `runs`. Ray local is ray.init(num_cpus=cores) with --threads
+    cores/2, so it runs two tasks at once as --jobs 2 does.
+    """
+    cores = cores or os.cpu_count() or 1
+    half = str(max(1, cores // 2))
+    folder = work / "batch-in"
+    folder.mkdir(parents=True, exist_ok=True)
+    for clip in shorts:
+        link = folder / clip.name
+        if not link.exists():
+            link.symlink_to(clip.resolve())
+    long_folder = work / "batch-long"
+    long_folder.mkdir(exist_ok=True)
+    if not (long_folder / long_clip.name).exists():
+        (long_folder / long_clip.name).symlink_to(long_clip.resolve())
+    chunk = ["--chunk-seconds", f"{chunk_seconds:g}"]
+    configs = [("--jobs 1", folder, ["--jobs", "1"], None),
+               ("--jobs 2", folder, ["--jobs", "2"], None),
+               (f"Ray local ({cores} CPUs, --threads {half})", folder, ["--ray", "auto", "--threads", half], cores),
+               ("long: whole (--jobs 1)", long_folder, ["--jobs", "1"], None),
+               (f"long: chunked (--jobs 2, {chunk_seconds:g} s chunks)", long_folder, ["--jobs", "2", *chunk], None),
+               (f"long: chunked (Ray local, {chunk_seconds:g} s chunks)", long_folder,
+                ["--ray", "auto", "--threads", half, *chunk], cores)]
+    if not ray:
+        configs = [c for c in configs if c[3] is None]
+    rows = []
+    for i, (name, src, extra, ray_cpus) in enumerate(configs):
+        done = []
+        for r in range(runs):
+            out = work / f"batch-out-{i}-{r}"
+            done.append(run_batch_child([str(src), "-o", str(out), "--model", str(model_path), *extra],
+                                        ray_cpus=ray_cpus))
+            shutil.rmtree(out, ignore_errors=True)
+        seconds = statistics.median(d["seconds"] for d in done)
+        row = {"config": name, "seconds": seconds, "videos": done[0]["videos"], "frames": done[0]["frames"],
+               "chunks": done[0]["chunks"], "videos_per_minute": 60 * done[0]["videos"] / seconds,
+               "fps": done[0]["frames"] / seconds, "runs": [d["seconds"] for d in done],
+               "ray_init_seconds": done[0]["ray_init_seconds"]}
+        rows.append(row)
+        log(f"  {name}: {row['videos']} video(s), {row['frames']} frames in {seconds:.1f} s = "
+            f"{row['videos_per_minute']:.1f} videos/min, {row['fps']:.1f} fps")
+    return {"about": about or {}, "cores": cores, "chunk_seconds": chunk_seconds, "runs": runs,
+            "timed": "blurvid batch in a fresh Python from the command's start: model load and worker "
+                     "start-up included, Ray's start-up (ray_init_seconds) not",
+            "configs": rows}
+
+
+def print_batch_table(batch: dict) -> None:
+    print(f"\nbatch: {batch['about'].get('short', '')}; long clip: {batch['about'].get('long', '')}")
+    print(f"{'config':<46}{'videos':>7}{'frames':>8}{'chunks':>7}{'seconds':>9}{'videos/min':>11}{'fps':>7}")
+    for c in batch["configs"]:
+        print(f"{c['config']:<46}{c['videos']:>7}{c['frames']:>8}{c['chunks'] or '-':>7}{c['seconds']:>9.1f}"
+              f"{c['videos_per_minute']:>11.1f}{c['fps']:>7.1f}")
+    print("timed from the batch command's start (model load, worker start-up; not Ray's own start-up); "
+          f"median of {batch['runs']} run(s)")
+
+
 # --- levers: segmentation alone -------------------------------------------------------------------
 
 def lever_table(model_path: Path | None = None, *, sizes=((256, 144), (224, 128), (192, 112), (160, 96)),
@@ -428,12 +593,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=None, help="runs per clip (default 3, 1 with --quick)")
     parser.add_argument("--ref-frames", type=int, default=24, help="frames the reference is timed on")
     parser.add_argument("--model", type=Path, default=None, help="model to time (default: the shipped one)")
-    parser.add_argument("--only", nargs="+", default=None, metavar="CLIP", help="only these clips")
+    parser.add_argument("--only", nargs="+", default=None, metavar="CLIP",
+                        help="only these clips; 'batch' is the batch section (videos per minute)")
     parser.add_argument("--levers", action="store_true", help="segmentation ms/frame table instead")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--batch-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         _child(args.child)
+        return
+    if args.batch_child:
+        _batch_child(args.batch_child)
         return
     if args.levers:
         rows = lever_table(args.model)
@@ -446,15 +616,30 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{media}: not found (give --shared, the folder that holds media/)")
     cache = Path.home() / ".cache" / "blurvid" / "bench"
     cases = default_cases(args.shared, cache)
+    with_batch = not args.only or "batch" in args.only
     if args.only:
-        unknown = set(args.only) - {c.name for c in cases}
+        unknown = set(args.only) - {c.name for c in cases} - {"batch"}
         if unknown:
-            raise SystemExit(f"unknown clip(s) {sorted(unknown)}; choose from {[c.name for c in cases]}")
+            raise SystemExit(f"unknown clip(s) {sorted(unknown)}; choose from "
+                             f"{[c.name for c in cases] + ['batch']}")
         cases = [c for c in cases if c.name in args.only]
     runs = args.runs or (1 if args.quick else 3)
     with tempfile.TemporaryDirectory(prefix="blurvid-bench-") as tmp:
-        result = run_bench(cases, model=args.model, runs=runs, ref_frames=args.ref_frames, work=Path(tmp))
-    print_table(result)
+        work = Path(tmp)
+        if cases:
+            result = run_bench(cases, model=args.model, runs=runs, ref_frames=args.ref_frames, work=work)
+        else:
+            model_path, trained = resolve_model(args.model, work)
+            result = {"machine": machine_facts(), "model": {"path": str(model_path), "trained": trained}}
+        if with_batch:
+            print(f"batch: {BATCH_CLIPS} short clips and a long one{' (--quick: shorter)' if args.quick else ''}")
+            shorts, long_clip, about = batch_clips(args.shared, cache, quick=args.quick)
+            result["batch"] = bench_batch(shorts, long_clip, Path(result["model"]["path"]), work,
+                                          chunk_seconds=5 if args.quick else 15, runs=runs, about=about)
+    if cases:
+        print_table(result)
+    if with_batch:
+        print_batch_table(result["batch"])
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -105,7 +105,8 @@ def _check_alpha_output(ctx, param, value: Path | None) -> Path | None:
 model_option = click.option(
     "--model", "model_path", type=click.Path(path_type=Path), default=None,
     help="Model file: NAME.safetensors (+ NAME.json), or a fastai learn.export() .pkl "
-         "(pickle runs code: only load files you trust). Default: the shipped person model.")
+         "(pickle runs code: only load files you trust), or 'deeplabv3' / 'deeplabv3-resnet50' "
+         "(torchvision's DeepLabv3, weights from the torch cache). Default: the shipped person model.")
 
 
 # How one video is processed: shared by `process` and `batch`, so both take the same options.
@@ -167,6 +168,17 @@ def process_options(params: dict, **overrides):
     return ProcessOptions(**{k: v for k, v in {**params, **overrides}.items() if k in names})
 
 
+def process_options_named(*names: str):
+    """Decorator: the PROCESS_OPTIONS with these parameter names, so another command checks them alike."""
+    by_name = {option(lambda: None).__click_params__[0].name: option for option in PROCESS_OPTIONS}
+
+    def decorate(command):
+        for name in reversed(names):
+            command = by_name[name](command)
+        return command
+    return decorate
+
+
 @main.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output .mp4 file.")
@@ -221,16 +233,21 @@ def process(input_path: Path, output: Path, model_path: Path | None, blur: int, 
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
               help="Videos processed at once, each in its own process (default: half the cores).")
 @click.option("--ray", "ray_address", metavar="auto|ADDRESS", default=None,
-              help="Run one task per video on a Ray cluster instead ('auto': the running one). Every "
-                   "node needs blurvid and the same paths to INPUT_DIR and OUTPUT_DIR.")
+              help="Run one task per video (per chunk of a long one) on a Ray cluster instead ('auto': "
+                   "the running one). Every node needs blurvid and the same paths to INPUT_DIR and "
+                   "OUTPUT_DIR.")
+@click.option("--chunk-seconds", type=click.FloatRange(min=0), default=None, metavar="S",
+              help="Split videos longer than 1.5*S seconds into chunks of about S at keyframes, processed "
+                   "in parallel and joined without re-encoding (mask smoothing restarts at each chunk). "
+                   "0: off. Default: off; 60 with --ray.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report instead of the table.")
 @shared_process_options
 @click.option("--overwrite", is_flag=True,
               help="Redo every video, also those whose output is up to date, and replace outputs "
                    "this batch did not make.")
 def batch(input_dir: Path, output_dir: Path, recursive: bool, jobs: int | None, ray_address: str | None,
-          as_json: bool, model_path: Path | None, device: str, precision: str, threads: int | None,
-          overwrite: bool, quiet: bool, **_: object) -> None:
+          chunk_seconds: float | None, as_json: bool, model_path: Path | None, device: str, precision: str,
+          threads: int | None, overwrite: bool, quiet: bool, **_: object) -> None:
     """Process every video in INPUT_DIR into OUTPUT_DIR; skips outputs that are up to date.
 
     Videos: mp4 mov mkv webm mpg mpeg avi m4v ts. A file that fails is reported and the rest go on;
@@ -242,6 +259,7 @@ def batch(input_dir: Path, output_dir: Path, recursive: bool, jobs: int | None, 
 
     from pipeline.batch import (VIDEO_EXTENSIONS, check_output_dir, default_parallelism, format_table,
                                 json_report, plan_batch, run_batch)
+    from pipeline.chunks import RAY_CHUNK_SECONDS
     from pipeline.segment import load_segmenter
 
     if jobs and ray_address:
@@ -254,6 +272,8 @@ def batch(input_dir: Path, output_dir: Path, recursive: bool, jobs: int | None, 
         raise click.ClickException(f"{input_dir}: no videos found ({kinds}){hint}")
     if not ray_address:
         jobs = jobs or default_parallelism()[0]
+    if chunk_seconds is None:
+        chunk_seconds = RAY_CHUNK_SECONDS if ray_address else 0.0
     device = _resolve_device(device)
     if jobs == 1:   # in-process, exactly like `blurvid process`
         _set_threads(threads)
@@ -272,11 +292,12 @@ def batch(input_dir: Path, output_dir: Path, recursive: bool, jobs: int | None, 
 
         results = run_batch(todo, options, output_dir, model_path=model_path, device=device,
                             workers=jobs or 1, threads=threads, redo=overwrite, segmenter=segmenter,
-                            model_kwargs=model_kwargs, ray_address=ray_address, on_result=done)
+                            model_kwargs=model_kwargs, ray_address=ray_address,
+                            chunk_seconds=chunk_seconds, on_result=done)
     if as_json:
         click.echo(json.dumps(json_report(results, input_dir=str(input_dir), output_dir=str(output_dir),
                                           model=str(model_path or "default"), jobs=jobs,
-                                          ray=ray_address), indent=2))
+                                          ray=ray_address, chunk_seconds=chunk_seconds), indent=2))
     else:
         click.echo(format_table(results))
     if any(r.status == "failed" for r in results):
@@ -286,12 +307,19 @@ def batch(input_dir: Path, output_dir: Path, recursive: bool, jobs: int | None, 
 @main.command()
 @click.argument("thumb_dir", metavar="DIR", type=click.Path(path_type=Path))
 @click.option("--columns", type=click.IntRange(1, 16), default=4, show_default=True)
-def preview(thumb_dir: Path, columns: int) -> None:
-    """Make a contact sheet (PNG) and an index.html gallery of the thumbnails in DIR."""
-    from pipeline.preview import make_preview
+@click.option("--video", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Output video to play on the page (default: the one `blurvid process` recorded).")
+@click.option("--source", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Input video to play beside it (default: the one `blurvid process` recorded).")
+def preview(thumb_dir: Path, columns: int, video: Path | None, source: Path | None) -> None:
+    """Make a contact sheet (PNG) and an index.html gallery of the thumbnails in DIR, with the source
+    and output videos side by side."""
+    from pipeline.preview import find_videos, make_preview
 
-    video = thumb_dir.with_name(thumb_dir.name.removesuffix("_thumbs") + ".mp4")
-    sheet, page = make_preview(thumb_dir, columns=columns, video=video if video.is_file() else None)
+    # DIR/videos.json from `blurvid process`, or DIR's name + .mp4
+    found = find_videos(thumb_dir) if video is None or source is None else {}
+    sheet, page = make_preview(thumb_dir, columns=columns, video=video or found.get("video"),
+                               source=source or found.get("source"))
     click.echo(f"{sheet}\n{page}")
 
 
@@ -343,9 +371,14 @@ def train(data: Path, output: Path, epochs: int, minutes, size: int, work_size, 
               help="Only the image names listed in this file (e.g. a dataset's test.txt).")
 @click.option("--video", type=click.Path(path_type=Path), default=None,
               help="Also measure flicker (mean |m_t - m_t-1|) on this video.")
+@click.option("--smooth", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Temporal smoothing applied before measuring --video flicker (process uses 0.7).")
+@click.option("--work-size", type=SIZE, default=None,
+              help="Model input size WxH instead of the model's own (to trade speed for accuracy).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-def evaluate(model_path: Path, data: Path | None, split, video, as_json: bool, device: str) -> None:
+def evaluate(model_path: Path, data: Path | None, split, video, smooth: float, work_size, as_json: bool,
+             device: str) -> None:
     """Score MODEL on DATA (images/ + masks/): IoU, MAD, boundary F; flicker with --video.
 
     MODEL is a model file, 'default' for the shipped one, or 'teacher' for the MediaPipe teacher."""
@@ -363,13 +396,16 @@ def evaluate(model_path: Path, data: Path | None, split, video, as_json: bool, d
         seg = TeacherSegmenter(Teacher(DEFAULT_TEACHER_DIR))
     else:
         seg = load_segmenter(None if str(model_path) == "default" else model_path,
-                             device=_resolve_device(device))
-    result: dict = {"model": str(model_path)}
+                             device=_resolve_device(device), work_size=work_size)
+    result: dict = {"model": str(model_path), "work_size": "x".join(map(str, seg.work_size))}
     if data is not None:
         with tqdm(unit="image", disable=as_json, desc="evaluate", leave=False) as bar:
             result.update(vars(evaluate_masks(seg, data, split=split, progress=bar.update)))
     if video is not None:
-        result["flicker"] = video_flicker(seg, video)
+        from pipeline.temporal import TemporalSmoother
+
+        result["smooth"] = smooth
+        result["flicker"] = video_flicker(seg, video, smoother=TemporalSmoother(smooth) if smooth else None)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
@@ -405,3 +441,41 @@ def label(images: Path, output: Path, model_path, device: str) -> None:
     seg = load_segmenter(model_path, device=_resolve_device(device))
     written = draft_masks(seg, images, output)
     click.echo(f"{output}: {written} masks (previews in {output / 'overlays'})")
+
+
+@main.command()
+@click.option("--source", default="0", show_default=True, metavar="CAMERA|FILE|URL",
+              help="Camera index (0: the default webcam), a video file or a stream URL.")
+@click.option("--window/--no-window", default=True, show_default=True,
+              help="Show the result in a window ('q' quits).")
+@click.option("--virtual-camera", is_flag=True,
+              help="Also send the result to a virtual webcam that video-call apps can use "
+                   "(needs pyvirtualcam: pip install 'blurvid[live]').")
+@click.option("--realtime/--no-realtime", default=True, show_default=True,
+              help="Read a file source at its frame rate, as a camera would deliver it "
+                   "(--no-realtime: as fast as it decodes).")
+@click.option("--max-frames", type=click.IntRange(min=1), default=None,
+              help="Stop after this many source frames (processed or dropped).")
+@process_options_named("model_path", "blur", "background", "background_fit", "light_wrap", "smooth",
+                       "side_by_side", "size", "work_size", "device", "precision", "threads")
+@click.option("-q", "--quiet", is_flag=True, help="No FPS line every 2 s (the summary is still printed).")
+def live(model_path: Path | None, device: str, precision: str, threads: int | None, quiet: bool,
+         **_: object) -> None:
+    """Blur or replace the background of a webcam, stream or file as it plays.
+
+    Frames that arrive while the last one is still being processed are dropped rather than queued, so
+    the delay does not grow. Ends on 'q' in the window, Ctrl-C, or the end of the source."""
+    from dataclasses import fields
+
+    from pipeline.live import LiveOptions, run_live
+    from pipeline.segment import load_segmenter
+
+    _set_threads(threads)
+    device = _resolve_device(device)
+    params = click.get_current_context().params
+    names = {f.name for f in fields(LiveOptions)}
+    options = LiveOptions(**{k: v for k, v in params.items() if k in names},
+                          report_every=0 if quiet else 2.0)
+    report = run_live(options, load_model=lambda: load_segmenter(model_path, device=device, precision=precision),
+                      log=lambda line: click.echo(line, err=True))
+    click.echo(report.summary(), err=True)

@@ -5,6 +5,8 @@
 
 Every node needs blurvid installed and must see the input and output folders at the same paths (a
 shared filesystem): each task reads its video and writes its output (atomically, as always) there.
+A long video is split into chunks (pipeline.chunks), one task each; they write chunk files into a
+folder beside the output, and the driver joins them (no re-encoding) once all are back.
 The model's files are put in the object store once and written to a temporary folder on each
 worker, which loads them once. A task that crashes or raises something unexpected is retried once,
 then reported as failed; a BlurvidError (a bad input) is a result, not retried.

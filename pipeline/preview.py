@@ -1,15 +1,21 @@
 """Contact sheet and HTML gallery for the thumbnails `blurvid process` saves.
 
-    from pipeline.preview import make_preview, thumb_name
+    from pipeline.preview import find_videos, make_preview, thumb_name
     sheet, page = make_preview(Path("output/out_thumbs"), video=Path("output/out.mp4"), source=Path("in.mp4"))
+    thumbs = Path("output/out_thumbs")
+    sheet, page = make_preview(thumbs, **find_videos(thumbs))   # the videos `blurvid process` recorded
 
 Thumbnails are named `thumb_name(index, seconds)`, e.g. `000025_1.000s.jpg`; `parse_thumb_name` reads
 that back. `contact_sheet.png` (a grid, each tile labelled with frame number and time) and `index.html`
 (captioned thumbnails, plus the source and output videos side by side when given) are written into
 the thumbnail folder, so the page's links stay valid wherever the folder is moved with its videos.
+`blurvid process` records where its input and output are in `videos.json` in the same folder
+(`record_videos`), so `find_videos` can put both on the page. On `<body>`, `data-images-loaded` /
+`data-images-failed` (and `data-videos-...`) count what the browser has shown or failed to load.
 """
 
 import html
+import json
 import math
 import os
 import re
@@ -23,6 +29,7 @@ from pipeline.errors import InputError, OutputError
 
 SHEET_NAME = "contact_sheet.png"
 PAGE_NAME = "index.html"
+VIDEOS_NAME = "videos.json"  # {"video": "../out.mp4", "source": "../in.mp4"}, relative to the folder
 THUMB_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 MAX_TILE_W = 320  # px; full-HD thumbnails would make a 4-column sheet 8000 px wide
@@ -163,13 +170,57 @@ def render_sheet(paths: list[Path], *, columns: int = 4) -> np.ndarray:
     return sheet
 
 
+def _relpath(target: Path, base: Path) -> str | None:
+    """`target` relative to folder `base` with '/' separators; None when there is no such path."""
+    try:
+        return Path(os.path.relpath(Path(target).resolve(), Path(base).resolve())).as_posix()
+    except ValueError:  # another drive on Windows: no relative path exists
+        return None
+
+
 def _href(target: Path, base: Path) -> str:
     """URL of `target` relative to folder `base`, quoted (spaces, '#', '?') and ready for an attribute."""
-    try:
-        rel = Path(os.path.relpath(Path(target).resolve(), Path(base).resolve())).as_posix()
-    except ValueError:  # another drive on Windows: no relative path exists
-        return html.escape(Path(target).resolve().as_uri())
-    return html.escape(quote(rel))
+    rel = _relpath(target, base)
+    return html.escape(quote(rel) if rel is not None else Path(target).resolve().as_uri())
+
+
+def record_videos(
+    folder: Path, *, video: Path | None, source: Path | None, relative_to: Path | None = None
+) -> Path:
+    """Write `videos.json` into `folder`: where the output `video` and its `source` are, for `find_videos`.
+
+    Paths are stored relative to `relative_to` (default `folder`; process writes into a temporary folder
+    renamed later), so they stay valid when the thumbnails are moved together with the videos.
+    """
+    base = Path(relative_to or folder)
+    links = {
+        key: _relpath(p, base) or str(Path(p).resolve())
+        for key, p in (("video", video), ("source", source))
+        if p is not None
+    }
+    path = Path(folder) / VIDEOS_NAME
+    _write_atomic(path, (json.dumps(links, indent=2) + "\n").encode("utf-8"))
+    return path
+
+
+def find_videos(thumb_dir: Path) -> dict[str, Path]:
+    """The existing output and source videos for the gallery of `thumb_dir`: {"video": ..., "source": ...}.
+
+    From `videos.json` when `blurvid process` wrote one; otherwise the output is guessed from the
+    folder's name (out_thumbs/ → out.mp4 beside it). InputError when `videos.json` is not readable.
+    """
+    thumb_dir = Path(thumb_dir)
+    record = thumb_dir / VIDEOS_NAME
+    if record.is_file():
+        try:
+            links = json.loads(record.read_text(encoding="utf-8"))
+            found = {key: thumb_dir / links[key] for key in ("video", "source") if links.get(key)}
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            msg = f"{record}: not a video record ({e}); delete it, or pass --video and --source"
+            raise InputError(msg) from e
+    else:
+        found = {"video": thumb_dir.with_name(thumb_dir.name.removesuffix("_thumbs") + ".mp4")}
+    return {key: p for key, p in found.items() if p.is_file()}
 
 
 _PAGE = """<!DOCTYPE html>
@@ -190,23 +241,51 @@ a {{ color: #9cf; }}
 figcaption {{ font-size: 0.85rem; padding: 0.25rem 0; }}
 </style>
 </head>
-<body>
+<body data-images-total="{count}" data-videos-total="{video_count}">
 <h1>{title}</h1>
 {videos}<p>{count} thumbnails &middot; <a href="{sheet}">contact sheet</a></p>
 <div class="thumbs">
 {figures}
 </div>
-{script}</body>
+<script>
+{script}</script>
+</body>
 </html>
 """
 
-# Clicking a thumbnail seeks the videos to its frame; playing one plays both, so the blur can be
-# compared with the source frame by frame.
-_SYNC_SCRIPT = """<script>
-const vids = Array.from(document.querySelectorAll("video"));
+# Counts the thumbnails and videos that have loaded or failed into <body data-images-loaded,
+# data-images-failed, data-videos-loaded, data-videos-failed>, so a headless browser can tell a working
+# gallery from one with broken links (tests/test_preview_browser.py).
+_LOAD_SCRIPT = """function count(elements, name, ready, ok, loadEvent) {
+  let loaded = 0, failed = 0;
+  const mark = () => Object.assign(document.body.dataset,
+                                   {[name + "Loaded"]: loaded, [name + "Failed"]: failed});
+  for (const el of elements) {
+    let done = false;
+    const settle = good => { if (!done) { done = true; good ? loaded++ : failed++; mark(); } };
+    if (ready(el)) settle(ok(el));
+    else {
+      el.addEventListener(loadEvent, () => settle(true));
+      el.addEventListener("error", () => settle(false));
+    }
+  }
+  mark();
+}
+count(document.images, "images", img => img.complete, img => img.naturalWidth > 0, "load");
+count(document.querySelectorAll("video"), "videos", v => v.readyState > 0 || v.error, v => !v.error,
+      "loadedmetadata");
+"""
+
+# Playing, pausing or seeking one video does the same to the other, and clicking a thumbnail seeks
+# both to its frame, so the blur can be compared with the source frame by frame.
+_SYNC_SCRIPT = """const vids = Array.from(document.querySelectorAll("video"));
 for (const v of vids) {
   v.addEventListener("play", () => vids.forEach(o => { if (o !== v && o.paused) { o.currentTime = v.currentTime; o.play(); } }));
   v.addEventListener("pause", () => vids.forEach(o => { if (o !== v && !o.paused) o.pause(); }));
+  // the 50 ms tolerance ends the echo: the other video's own "seeked" finds them already together
+  v.addEventListener("seeked", () => vids.forEach(o => {
+    if (o !== v && Math.abs(o.currentTime - v.currentTime) > 0.05) o.currentTime = v.currentTime;
+  }));
 }
 for (const a of document.querySelectorAll("a[data-t]")) {
   a.addEventListener("click", e => {
@@ -215,7 +294,6 @@ for (const a of document.querySelectorAll("a[data-t]")) {
     window.scrollTo({top: 0, behavior: "smooth"});
   });
 }
-</script>
 """
 
 
@@ -224,8 +302,10 @@ def render_page(paths: list[Path], page_dir: Path, *, video: Path | None = None,
     videos = [(label, p) for label, p in (("Source", source), ("Output", video)) if p is not None]
     video_html = ""
     if videos:
+        # both carry the same soundtrack: with the two side by side, only the output is heard
         figs = "\n".join(
-            f'<figure><video controls preload="metadata" src="{_href(p, page_dir)}"></video>'
+            f'<figure><video controls{" muted" if label == "Source" and video else ""} preload="metadata" '
+            f'src="{_href(p, page_dir)}"></video>'
             f"<figcaption>{label}: {html.escape(Path(p).name)}</figcaption></figure>"
             for label, p in videos
         )
@@ -244,9 +324,10 @@ def render_page(paths: list[Path], page_dir: Path, *, video: Path | None = None,
         title=html.escape(Path(page_dir).name),
         videos=video_html,
         count=len(paths),
+        video_count=len(videos),
         sheet=html.escape(quote(SHEET_NAME)),
         figures="\n".join(figures),
-        script=_SYNC_SCRIPT if videos else "",
+        script=_LOAD_SCRIPT + (_SYNC_SCRIPT if videos else ""),
     )
 
 

@@ -29,12 +29,20 @@ from pipeline.backgrounds import open_background
 from pipeline.composite import Compositor
 from pipeline.errors import OutputError
 from pipeline.outputs import open_alpha_output, open_matte_output
-from pipeline.preview import thumb_name
+from pipeline.preview import record_videos, thumb_name
 from pipeline.segment import Segmenter, load_segmenter
 from pipeline.temporal import TemporalSmoother
-from pipeline.video import Frame, VideoInfo, VideoReader, VideoWriter, atomic_output
+from pipeline.video import Frame, Span, VideoInfo, VideoReader, VideoWriter, atomic_output
 
-QUEUE_FRAMES = 16  # frames in flight between two stages; bounds memory
+QUEUE_FRAMES = 16        # at most this many frames in flight between two stages
+QUEUE_BYTES = 48 << 20   # and at most this much RGB: 16 frames at 720p, 7 at 1080p, 4 at 4K
+
+
+def frames_in_flight(frame_size: tuple[int, int]) -> int:
+    """Queue length between two stages for frames of `frame_size` (w, h): enough to keep every
+    stage busy, few enough that memory stays flat and small at any resolution."""
+    w, h = frame_size
+    return max(4, min(QUEUE_FRAMES, QUEUE_BYTES // (w * h * 3)))
 
 
 @dataclass(frozen=True)
@@ -95,16 +103,20 @@ def fit_work_size(work_size: tuple[int, int], frame_size: tuple[int, int], multi
 def process_video(src: str | Path, dst: str | Path, options: ProcessOptions = ProcessOptions(), *,
                   segmenter: Segmenter | None = None, compositor: Compositor | None = None,
                   progress: Callable[[int], None] | None = None,
-                  on_start: Callable[[VideoInfo], None] | None = None) -> ProcessReport:
+                  on_start: Callable[[VideoInfo], None] | None = None,
+                  span: Span | None = None) -> ProcessReport:
     """Blur the background of `src` into `dst` (an H.264 mp4 with src's audio); returns a report.
 
     `options` also choose another background, temporal smoothing, and extra outputs (person with
     alpha, matte; see pipeline.outputs), each renamed into place only when the whole run succeeds.
     `progress(n)` is called with the number of frames just finished; `on_start(info)` once the
-    input is open (the CLI sizes its progress bar from it).
+    input is open (the CLI sizes its progress bar from it). With `span`, only that stretch of src
+    is processed, into a video-only chunk that pipeline.chunks joins with the others.
     """
     src, dst = Path(src), Path(dst)
     extra = [Path(p) for p in (options.output_alpha, options.matte) if p is not None]
+    if span is not None and extra:
+        raise ValueError("a span (a chunk of a video) cannot have extra outputs (output_alpha, matte)")
     for path in (dst, *extra):
         if path.resolve() == src.resolve():
             raise OutputError(f"{path}: output path is the input; choose another output")
@@ -114,7 +126,7 @@ def process_video(src: str | Path, dst: str | Path, options: ProcessOptions = Pr
     report = ProcessReport(output=dst)
     started = time.perf_counter()
 
-    with VideoReader(src) as reader, atomic_output(dst, overwrite=options.overwrite) as tmp_dst, \
+    with VideoReader(src, span=span) as reader, atomic_output(dst, overwrite=options.overwrite) as tmp_dst, \
             ExitStack() as outputs:
         info = reader.info
         out_size = options.size or (info.width, info.height)
@@ -135,15 +147,17 @@ def process_video(src: str | Path, dst: str | Path, options: ProcessOptions = Pr
         if on_start:
             on_start(info)
         video_size = (2 * out_size[0], out_size[1]) if options.side_by_side else options.size
-        thumbs = _ThumbnailSaver(thumbs_dir_for(dst), options.thumb_every, options.overwrite)
+        thumbs = _ThumbnailSaver(thumbs_dir_for(dst), options.thumb_every, options.overwrite,
+                                 video=dst, source=src)
         with VideoWriter(tmp_dst, info, size=video_size, crf=options.crf, preset=options.preset,
-                         audio_from=src) as writer, thumbs:
+                         audio_from=None if span else src, span=span) as writer, thumbs:
             frames = _resized(reader, options.size, report)
-            decoded = _threaded(frames, maxsize=QUEUE_FRAMES, name="decode")
+            in_flight = frames_in_flight(out_size)
+            decoded = _threaded(frames, maxsize=in_flight, name="decode")
             composited = _segment_and_composite(decoded, segmenter, compositor, work_size,
                                                 options.batch_size, report, smoother=smoother,
                                                 side_by_side=options.side_by_side)
-            encoder = _Encoder(writer, thumbs, report, progress, sinks=sinks)
+            encoder = _Encoder(writer, thumbs, report, progress, sinks=sinks, queue_frames=in_flight)
             encoder.run(composited)
         report.thumbs = thumbs.folder if options.thumb_every else None
     report.seconds = time.perf_counter() - started
@@ -192,12 +206,14 @@ class _Encoder:
     """Encodes composited frames (and saves thumbnails) in its own thread."""
 
     def __init__(self, writer: VideoWriter, thumbs: _ThumbnailSaver, report: ProcessReport,
-                 progress: Callable[[int], None] | None, *, sinks: Iterable = ()):
+                 progress: Callable[[int], None] | None, *, sinks: Iterable = (),
+                 queue_frames: int = QUEUE_FRAMES):
         self.writer, self.thumbs, self.report, self.progress = writer, thumbs, report, progress
+        self.queue_frames = queue_frames
         self.sinks = list(sinks)  # extra outputs: .write(rgb, pha, pts) (pipeline.outputs)
 
     def run(self, composited: Iterable[tuple[Frame, np.ndarray, np.ndarray]]) -> None:
-        work: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
+        work: queue.Queue = queue.Queue(maxsize=self.queue_frames)
         failure: list[BaseException] = []
 
         def encode() -> None:
@@ -236,10 +252,16 @@ class _Encoder:
 
 
 class _ThumbnailSaver:
-    """Saves every Nth composited frame as JPEG into a temporary folder, moved into place on success."""
+    """Saves every Nth composited frame as JPEG into a temporary folder, moved into place on success.
 
-    def __init__(self, folder: Path, every: int, overwrite: bool):
+    The folder also gets `videos.json`: where `video` (the output) and its `source` are, so that
+    `blurvid preview` shows both beside the thumbnails.
+    """
+
+    def __init__(self, folder: Path, every: int, overwrite: bool, *, video: Path | None = None,
+                 source: Path | None = None):
         self.folder, self.every, self.overwrite = folder, every, overwrite
+        self.video, self.source = video, source
         self.tmp: Path | None = None
 
     def __enter__(self) -> _ThumbnailSaver:
@@ -258,6 +280,7 @@ class _ThumbnailSaver:
         if self.tmp is None:
             return
         if exc_type is None:
+            record_videos(self.tmp, video=self.video, source=self.source, relative_to=self.folder)
             if self.folder.exists():
                 shutil.rmtree(self.folder)
             self.tmp.rename(self.folder)

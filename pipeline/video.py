@@ -64,6 +64,37 @@ class Frame:
     rgb: np.ndarray  # (H, W, 3) uint8, upright (rotation applied), C-contiguous
 
 
+@dataclass(frozen=True)
+class Span:
+    """A stretch of a video read and written on its own, placed so that the pieces join into exactly
+    what one pass over the whole video writes (pipeline.chunks plans them).
+
+    The reader seeks to `seek` and yields the frames whose pts lie in [start, end), numbered from
+    `first_index`; the writer writes them on the whole output's clock (`t0`, `grid`).
+    """
+
+    start: int                          # pts of the first frame (a keyframe), in the stream's time base
+    end: int | None                     # pts of the first frame after the span; None: to the end
+    seek: int | None                    # where to seek for `start` (its keyframe's dts); None: read from the top
+    first_index: int                    # the number of the first frame in the whole video
+    t0: Fraction                        # source time the whole output starts at (written as 0)
+    grid: tuple[int, Fraction] | None   # the writer's frame grid before the first frame (snap_to_grid)
+
+
+def snap_to_grid(grid: tuple[int, Fraction] | None, n: int, time: Fraction, fps: Fraction,
+                 tick: Fraction) -> tuple[Fraction, tuple[int, Fraction]]:
+    """Frame n at source `time` put back on the constant-rate grid when within one `tick` of it.
+
+    Returns (time, grid): the grid (frame number, time) counts from the last frame found off it, so
+    rounded CFR timestamps come out exact and variable-rate ones are kept as they are.
+    """
+    if grid is not None:
+        on_grid = grid[1] + (n - grid[0]) / fps
+        if abs(time - on_grid) < tick:
+            return on_grid, grid
+    return time, (n, time)
+
+
 def rotate(rgb: np.ndarray, degrees: int) -> np.ndarray:
     """Turn an image clockwise by 0/90/180/270 degrees: `upright = rotate(rgb, info.rotation)`."""
     code = {0: None, 90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
@@ -100,11 +131,13 @@ class VideoReader:
                 use(frame.rgb)      # (H, W, 3) uint8, frame.pts in src.info.time_base
 
     Raises InputError when the file is missing, not a video, has no decodable frames, or is corrupt or
-    truncated (also in the middle of iterating: frames are never dropped silently).
+    truncated (also in the middle of iterating: frames are never dropped silently). With `span`, only
+    that stretch is read (from its keyframe on), frames numbered as in the whole video.
     """
 
-    def __init__(self, path: str | Path, *, threads: int = 0):
+    def __init__(self, path: str | Path, *, threads: int = 0, span: Span | None = None):
         self.path = Path(path)
+        self.span = span
         if not self.path.exists():
             raise InputError(f"{self.path}: no such file")
         if self.path.is_dir():
@@ -149,12 +182,24 @@ class VideoReader:
         else:
             self._declared = (stream.frames or None, float(stream.duration * time_base) if stream.frames else None)
 
+        span = self.span
+        if span is not None:
+            self._declared = (None, self._declared[1])   # frames are counted from the span's start
+            try:
+                if span.seek is not None:
+                    container.seek(span.seek, stream=stream, backward=True, any_frame=False)
+            except av.error.FFmpegError as e:
+                raise InputError(f"{self.path}: cannot seek to pts {span.start} ({_reason(e)})") from e
+
         # The rotation is side data on the decoded frames, so decode the first one now. That also
         # proves the file decodes before anyone creates an output for it.
         self._decoded = self._decode()
         first = next(self._decoded, None)
         if first is None:
             raise InputError(f"{self.path}: no video frames could be decoded")
+        if span is not None and first.pts != span.start:
+            raise InputError(f"{self.path}: seeking for the frame at pts {span.start} found pts {first.pts}; "
+                             "this file cannot be processed in chunks")
         self._first: av.VideoFrame | None = first
         rotation = _clockwise(first.rotation)
         width, height = first.width, first.height
@@ -175,11 +220,17 @@ class VideoReader:
         index = 0
         end = None  # time of the last decoded frame
         try:
+            span = self.span
             for packet in self._container.demux(self._stream):
                 # A packet cut off by the end of the file (mp4 with moov in front) is flagged corrupt.
                 if packet.is_corrupt:
                     raise InputError(f"{self.path}: corrupt or truncated video data at frame {index}")
                 for frame in packet.decode():
+                    if span is not None and frame.pts is not None:
+                        if frame.pts < span.start:   # the span before (an open GOP's leading frames)
+                            continue
+                        if span.end is not None and frame.pts >= span.end:
+                            return
                     # Decoders conceal damaged pictures and flag them (e.g. the last frame of a cut mpg).
                     if frame.is_corrupt:
                         raise InputError(f"{self.path}: corrupt video frame {index}")
@@ -208,7 +259,7 @@ class VideoReader:
 
     def __iter__(self) -> Iterator[Frame]:
         fps = self.info.fps
-        for index, frame in enumerate(self._frames()):
+        for index, frame in enumerate(self._frames(), start=self.span.first_index if self.span else 0):
             rgb = rotate(np.ascontiguousarray(frame.to_ndarray(format="rgb24")), self.info.rotation)
             time = frame.time if frame.time is not None else float(index / fps)
             yield Frame(index=index, pts=frame.pts, time=time, rgb=rgb)
@@ -238,8 +289,9 @@ class VideoWriter:
     Output size is `size` (w, h) or the info size; frames of another size are resized. yuv420p needs
     an even width and height: an odd one gets one more pixel row/column, a copy of the edge, so no
     source pixel is lost or resampled (`dst.size` is the size written). Audio streams are copied
-    packet for packet and interleaved with the video by time. Timestamps are shifted so the file
-    starts at 0 (as ffmpeg does), keeping audio and video where they were relative to each other.
+    packet for packet and interleaved with the video by time (AudioCopy). Timestamps are shifted so
+    the file starts at 0 (as ffmpeg does), keeping audio and video where they were relative to each
+    other. With `span`, the frames are a stretch of a longer video, timed as in the whole output.
     """
 
     def __init__(
@@ -252,13 +304,15 @@ class VideoWriter:
         preset: str = "veryfast",
         audio_from: str | Path | None = None,
         threads: int = 0,
+        span: Span | None = None,
     ):
         self.path = Path(path)
         self.info = info
         w, h = size or (info.width, info.height)
         self._target = (w, h)  # frames are resized to this, then padded to even
         self.size = (w + w % 2, h + h % 2)
-        self._asrc = self._container = None
+        self._audio: AudioCopy | None = None
+        self._container = None
         options = {"movflags": "+faststart"} if self.path.suffix.lower() in (".mp4", ".mov", ".m4v") else {}
         try:
             self._container = av.open(str(self.path), "w", container_options=options)
@@ -266,9 +320,8 @@ class VideoWriter:
             raise OutputError(f"{self.path}: cannot write a video here ({e})") from e
         try:
             self._add_video(crf, preset, threads)
-            self._audio: list[_AudioTrack] = []
             if audio_from is not None:
-                self._add_audio(Path(audio_from))
+                self._audio = AudioCopy(self._container, Path(audio_from))
             # PyAV opens the file and writes the header lazily; do it now so a bad path fails here.
             try:
                 self._container.start_encoding()
@@ -277,11 +330,10 @@ class VideoWriter:
         except BaseException:
             self._close_files()
             raise
-        self._next_audio: tuple[Fraction, _AudioTrack, av.Packet] | None = None
-        self._t0: Fraction | None = None  # source time written as 0
+        self._t0: Fraction | None = span.t0 if span else None  # source time written as 0
         self._last_pts: int | None = None
-        self._grid: tuple[int, Fraction] | None = None  # (frame number, source time) the grid counts from
-        self._count = 0
+        self._grid = span.grid if span else None  # (frame number, source time) the grid counts from
+        self._count = span.first_index if span else 0  # frame number in the whole video
 
     def _add_video(self, crf: int, preset: str, threads: int) -> None:
         info = self.info
@@ -302,28 +354,6 @@ class VideoWriter:
         cc.colorspace = cc.color_primaries = cc.color_trc = 1 if hd else 6  # AVCOL_*_BT709 / SMPTE170M
         cc.color_range = 1  # limited ("tv") range
         self._video = stream
-
-    def _add_audio(self, path: Path) -> None:
-        try:
-            self._asrc = av.open(str(path), metadata_errors="replace")
-        except av.error.FFmpegError as e:
-            raise InputError(f"{path}: cannot read its audio ({_reason(e)})") from e
-        supported = self._container.supported_codecs
-        for src in self._asrc.streams.audio:
-            codec = src.codec_context.codec.canonical_name
-            if codec in COPY_AUDIO and codec in supported:
-                dst = self._container.add_stream_from_template(src)
-                self._audio.append(_AudioTrack(src, dst, encode=False))
-            else:
-                # AAC wants a named layout; PCM often says just "2 channels": take the usual one for that count.
-                layout = src.layout.name
-                if layout.endswith("channels"):
-                    layout = AAC_LAYOUT.get(src.layout.nb_channels, layout)
-                dst = self._container.add_stream("aac", rate=src.rate, layout=layout)
-                dst.codec_context.format = "fltp"  # the only sample format FFmpeg's AAC encoder takes
-                self._audio.append(_AudioTrack(src, dst, encode=True))
-        self._apackets = self._asrc.demux([t.src for t in self._audio]) if self._audio else iter(())
-        self._tracks = {t.src.index: t for t in self._audio}
 
     def write(self, rgb: np.ndarray, pts: int | None = None) -> None:
         """Encode one (H, W, 3) uint8 RGB frame; `pts` in info.time_base keeps the source's timing."""
@@ -347,16 +377,9 @@ class VideoWriter:
         # Containers with coarse clocks round a constant rate (mkv: 33, 67, 100 ms at 30 fps). A frame
         # within one tick of the grid is put back on it, so the output's rate is exactly info.fps;
         # a frame off the grid (variable frame rate) keeps its time and restarts the grid there.
-        if self._grid is not None:
-            grid = self._grid[1] + (n - self._grid[0]) / self.info.fps
-            if abs(time - grid) < tb:
-                time = grid
-            else:
-                self._grid = (n, time)
-        else:
-            self._grid = (n, time)
+        time, self._grid = snap_to_grid(self._grid, n, time, self.info.fps, tb)
         if self._t0 is None:
-            self._t0 = min(time, self._audio_start()) if self._audio else time
+            self._t0 = min(time, self._audio.start) if self._audio and self._audio.tracks else time
         out = math.floor((time - self._t0) / self._time_base)
         # The encoder refuses a pts that does not increase; broken files repeat one now and then.
         # Moving the frame one tick later keeps every frame (and the sync) instead of failing.
@@ -364,10 +387,6 @@ class VideoWriter:
             out = self._last_pts + 1
         self._last_pts = out
         return out
-
-    def _audio_start(self) -> Fraction:
-        start = self._asrc.start_time  # AV_TIME_BASE units, the earliest of all streams
-        return Fraction(start or 0, av.time_base)
 
     def _mux_video(self, packets: list[av.Packet]) -> None:
         for packet in packets:
@@ -377,44 +396,11 @@ class VideoWriter:
 
     def _mux_audio_until(self, time: Fraction | None) -> None:
         """Mux source audio packets up to output time `time` (all that is left when None)."""
-        if not self._audio:
+        if not (self._audio and self._audio.tracks):
             return
         if self._t0 is None:  # no video frame written: keep the audio's own start
-            self._t0 = self._audio_start()
-        while True:
-            if self._next_audio is None:
-                packet = next(self._apackets, None)
-                if packet is None:
-                    break
-                track = self._tracks[packet.stream.index]
-                if packet.size == 0 and not track.encode:  # end-of-stream marker: only decoders need it
-                    continue
-                stamp = packet.dts if packet.dts is not None else packet.pts
-                at = stamp * packet.time_base - self._t0 if stamp is not None else Fraction(0)
-                self._next_audio = (at, track, packet)
-            at, track, packet = self._next_audio
-            if time is not None and at > time:
-                break
-            self._next_audio = None
-            if track.encode:
-                try:
-                    frames = packet.decode()
-                except av.error.FFmpegError as e:
-                    raise InputError(f"{self._asrc.name}: cannot decode audio ({_reason(e)})") from e
-                for frame in frames:
-                    self._mux_audio_packets(track, track.dst.encode(frame))
-            else:
-                self._mux_audio_packets(track, [packet])
-
-    def _mux_audio_packets(self, track: _AudioTrack, packets: list[av.Packet]) -> None:
-        for packet in packets:
-            shift = math.floor(self._t0 / packet.time_base)  # the same start shift as the video
-            if packet.pts is not None:
-                packet.pts -= shift
-            if packet.dts is not None:
-                packet.dts -= shift
-            packet.stream = track.dst
-            self._container.mux(packet)
+            self._t0 = self._audio.start
+        self._audio.mux_until(time, self._t0)
 
     def close(self) -> None:
         """Flush the encoder, mux the remaining audio and finish the file (moov moved to the front)."""
@@ -423,9 +409,8 @@ class VideoWriter:
         try:
             self._mux_video(self._video.encode(None))
             self._mux_audio_until(None)
-            for track in self._audio:
-                if track.encode:
-                    self._mux_audio_packets(track, track.dst.encode(None))
+            if self._audio and self._audio.tracks:
+                self._audio.flush(self._t0)
         finally:
             self._close_files()
 
@@ -435,9 +420,8 @@ class VideoWriter:
             if container is not None:
                 container.close()
         finally:
-            if self._asrc is not None:
-                self._asrc.close()
-                self._asrc = None
+            if self._audio is not None:
+                self._audio.close()
 
     def __enter__(self) -> VideoWriter:
         return self
@@ -449,9 +433,107 @@ class VideoWriter:
             self._close_files()
 
 
+class AudioCopy:
+    """The audio streams of a file muxed into an output in time order, beside video muxed by the caller.
+
+        audio = AudioCopy(container, Path("in.mp4"))   # adds the streams: before the header is written
+        audio.mux_until(time, t0)   # every packet up to output time `time` (None: all that is left)
+        audio.flush(t0)             # what re-encoders still hold
+        audio.close()
+
+    Packets are copied byte for byte, or re-encoded to AAC where the container cannot hold the codec.
+    Timestamps move by t0, the source time written as output time 0 (the same shift as the video).
+    """
+
+    def __init__(self, container: av.container.OutputContainer, path: Path):
+        self._container = container
+        try:
+            self._src = av.open(str(path), metadata_errors="replace")
+        except av.error.FFmpegError as e:
+            raise InputError(f"{path}: cannot read its audio ({_reason(e)})") from e
+        try:
+            self.tracks = self._add_streams()
+        except BaseException:
+            self.close()
+            raise
+        self._packets = self._src.demux([t.src for t in self.tracks]) if self.tracks else iter(())
+        self._by_index = {t.src.index: t for t in self.tracks}
+        self._next: tuple[Fraction, _AudioTrack, av.Packet] | None = None
+
+    def _add_streams(self) -> list[_AudioTrack]:
+        supported = self._container.supported_codecs
+        tracks = []
+        for src in self._src.streams.audio:
+            codec = src.codec_context.codec.canonical_name
+            if codec in COPY_AUDIO and codec in supported:
+                dst = self._container.add_stream_from_template(src)
+                tracks.append(_AudioTrack(src, dst, encode=False))
+            else:
+                # AAC wants a named layout; PCM often says just "2 channels": take the usual one for that count.
+                layout = src.layout.name
+                if layout.endswith("channels"):
+                    layout = AAC_LAYOUT.get(src.layout.nb_channels, layout)
+                dst = self._container.add_stream("aac", rate=src.rate, layout=layout)
+                dst.codec_context.format = "fltp"  # the only sample format FFmpeg's AAC encoder takes
+                tracks.append(_AudioTrack(src, dst, encode=True))
+        return tracks
+
+    @property
+    def start(self) -> Fraction:
+        """The source file's start time (the earliest of all its streams), in seconds."""
+        return Fraction(self._src.start_time or 0, av.time_base)  # AV_TIME_BASE units
+
+    def mux_until(self, time: Fraction | None, t0: Fraction) -> None:
+        """Mux source audio packets up to output time `time` (all that is left when None)."""
+        while True:
+            if self._next is None:
+                packet = next(self._packets, None)
+                if packet is None:
+                    break
+                track = self._by_index[packet.stream.index]
+                if packet.size == 0 and not track.encode:  # end-of-stream marker: only decoders need it
+                    continue
+                stamp = packet.dts if packet.dts is not None else packet.pts
+                at = stamp * packet.time_base - t0 if stamp is not None else Fraction(0)
+                self._next = (at, track, packet)
+            at, track, packet = self._next
+            if time is not None and at > time:
+                break
+            self._next = None
+            if track.encode:
+                try:
+                    frames = packet.decode()
+                except av.error.FFmpegError as e:
+                    raise InputError(f"{self._src.name}: cannot decode audio ({_reason(e)})") from e
+                for frame in frames:
+                    self._mux(track, track.dst.encode(frame), t0)
+            else:
+                self._mux(track, [packet], t0)
+
+    def flush(self, t0: Fraction) -> None:
+        for track in self.tracks:
+            if track.encode:
+                self._mux(track, track.dst.encode(None), t0)
+
+    def _mux(self, track: _AudioTrack, packets: list[av.Packet], t0: Fraction) -> None:
+        for packet in packets:
+            shift = math.floor(t0 / packet.time_base)  # the same start shift as the video
+            if packet.pts is not None:
+                packet.pts -= shift
+            if packet.dts is not None:
+                packet.dts -= shift
+            packet.stream = track.dst
+            self._container.mux(packet)
+
+    def close(self) -> None:
+        if self._src is not None:
+            self._src.close()
+            self._src = None
+
+
 @dataclass
 class _AudioTrack:
-    src: av.audio.stream.AudioStream  # in audio_from
+    src: av.audio.stream.AudioStream  # in the source file
     dst: av.audio.stream.AudioStream  # in the output
     encode: bool  # re-encoded to AAC (the output container cannot hold the codec)
 

@@ -68,13 +68,15 @@ def _make_video(
     rotation: int = 0,
     pts: Sequence[int] | None = None,
     time_base: Fraction | None = None,
+    gop: int | None = None,
 ) -> Path:
     """Write a synthetic clip and return its path.
 
     `container` is an FFmpeg format name (None: from the suffix). The audio is a 440 Hz tone as long as
     the video: AAC for mp4/mov/mkv, MP2 for mpg/ts, Opus for webm, or `audio_codec`. Extras beyond the
     contract: `rotation` writes a display matrix (counter-clockwise degrees, as FFmpeg's
-    frame.rotation reads it back); `pts` with `time_base` writes variable-frame-rate timing.
+    frame.rotation reads it back); `pts` with `time_base` writes variable-frame-rate timing; `gop`
+    puts a keyframe every that many frames (x264 also keeps its B-frames).
     """
     path = Path(path)
     fps = Fraction(fps)
@@ -82,6 +84,8 @@ def _make_video(
         video = out.add_stream(codec, rate=fps)
         video.width, video.height = size
         video.pix_fmt = "yuv420p"
+        if gop is not None:
+            video.codec_context.gop_size = gop
         if time_base is not None:
             video.codec_context.time_base = time_base
             video.time_base = time_base

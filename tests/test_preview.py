@@ -1,20 +1,27 @@
-"""Contact sheet and gallery page: grid size, labels, links, escaping, errors."""
+"""Contact sheet and gallery page: grid size, labels, links, escaping, errors, the recorded videos."""
 
 import html
+import json
 import math
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from pipeline.cli import main
 from pipeline.errors import InputError
 from pipeline.preview import (
     GAP,
     LABEL_H,
     MAX_TILE_W,
+    PAGE_NAME,
+    VIDEOS_NAME,
+    find_videos,
     make_preview,
     parse_thumb_name,
+    record_videos,
     sheet_size,
     thumb_name,
 )
@@ -150,3 +157,85 @@ def test_unreadable_thumb(tmp_path):
     (tmp_path / thumb_name(50, 2.0)).write_bytes(b"not a jpeg")
     with pytest.raises(InputError, match="000050_2.000s.jpg"):
         make_preview(tmp_path)
+
+
+def test_recorded_videos_are_found_relative_to_the_folder(tmp_path):
+    run = tmp_path / "run"
+    thumbs = run / "out" / "clip_thumbs"
+    write_thumbs(thumbs, 2)
+    for p in (run / "out" / "clip.mp4", run / "in" / "clip.mov"):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"")
+    record = record_videos(thumbs, video=run / "out" / "clip.mp4", source=run / "in" / "clip.mov")
+    assert json.loads(record.read_text()) == {"video": "../clip.mp4", "source": "../../in/clip.mov"}
+    # moved together, the links still hold
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    thumbs = moved / "out" / "clip_thumbs"
+    found = find_videos(thumbs)
+    assert {k: p.resolve() for k, p in found.items()} == {
+        "video": (moved / "out" / "clip.mp4").resolve(), "source": (moved / "in" / "clip.mov").resolve()}
+    page = make_preview(thumbs, **found)[1].read_text(encoding="utf-8")
+    assert 'src="../../in/clip.mov"' in page and 'src="../clip.mp4"' in page
+    assert "clip.jpg" not in page and record.name not in page  # the record is no thumbnail
+
+
+def test_find_videos_without_a_record(tmp_path):
+    thumbs = tmp_path / "out_thumbs"
+    write_thumbs(thumbs, 1)
+    assert find_videos(thumbs) == {}  # nothing beside it
+    (tmp_path / "out.mp4").write_bytes(b"")
+    assert find_videos(thumbs) == {"video": tmp_path / "out.mp4"}  # guessed from the folder's name
+
+
+def test_find_videos_drops_missing_files_and_refuses_a_bad_record(tmp_path):
+    thumbs = tmp_path / "out_thumbs"
+    write_thumbs(thumbs, 1)
+    (tmp_path / "out.mp4").write_bytes(b"")
+    record_videos(thumbs, video=tmp_path / "out.mp4", source=tmp_path / "gone.mp4")
+    assert find_videos(thumbs) == {"video": thumbs / "../out.mp4"}
+    for bad in ("{not json", "[1, 2]", '{"video": 3}'):
+        (thumbs / VIDEOS_NAME).write_text(bad)
+        with pytest.raises(InputError, match="videos.json: not a video record"):
+            find_videos(thumbs)
+
+
+def test_page_marks_loaded_images_and_mutes_the_source(tmp_path):
+    write_thumbs(tmp_path / "t", 3)
+    page = make_preview(tmp_path / "t")[1].read_text(encoding="utf-8")
+    assert '<body data-images-total="3" data-videos-total="0">' in page
+    assert "count(document.images" in page  # the load marker runs without videos too (see test_preview_browser)
+    assert "seeked" not in page  # ...the video sync does not
+    page = make_preview(tmp_path / "t", video=tmp_path / "o.mp4", source=tmp_path / "i.mp4")[1].read_text()
+    assert page.count("<video") == 2 and page.count(" muted") == 1  # one soundtrack: the output's
+    assert page.index(" muted") < page.index("Source: i.mp4") < page.index("Output: o.mp4")
+    assert "seeked" in page and "count(document.images" in page
+    only_source = make_preview(tmp_path / "t", source=tmp_path / "i.mp4")[1].read_text()
+    assert " muted" not in only_source
+
+
+def test_process_records_its_videos_for_preview(make_video, tiny_model, tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    src = make_video(tmp_path / "in" / "clip.mp4", size=(64, 48), frames=6)
+    out = tmp_path / "out" / "blurred.mp4"
+    run = CliRunner().invoke(main, ["process", str(src), "-o", str(out), "--model", str(tiny_model),
+                                    "--thumb-every", "3", "--quiet"])
+    assert run.exit_code == 0, run.output
+    thumbs = tmp_path / "out" / "blurred_thumbs"
+    assert json.loads((thumbs / VIDEOS_NAME).read_text()) == {"video": "../blurred.mp4",
+                                                               "source": "../../in/clip.mp4"}
+    run = CliRunner().invoke(main, ["preview", str(thumbs)])
+    assert run.exit_code == 0, run.output
+    page = (thumbs / PAGE_NAME).read_text(encoding="utf-8")
+    assert 'src="../../in/clip.mp4"' in page and 'src="../blurred.mp4"' in page
+    assert '<body data-images-total="2" data-videos-total="2">' in page
+
+    # --video / --source win over the record
+    other = make_video(tmp_path / "other.mp4", frames=2, audio=False)
+    run = CliRunner().invoke(main, ["preview", str(thumbs), "--source", str(other)])
+    assert run.exit_code == 0, run.output
+    page = (thumbs / PAGE_NAME).read_text(encoding="utf-8")
+    assert 'src="../../other.mp4"' in page and 'src="../blurred.mp4"' in page and "clip.mp4" not in page
+    run = CliRunner().invoke(main, ["preview", str(thumbs), "--video", str(tmp_path / "missing.mp4")])
+    assert run.exit_code == 2 and "does not exist" in run.output

@@ -84,3 +84,25 @@ def test_frames_then_label(make_video, tmp_path):
     assert len(masks) == 3 and len(list((tmp_path / "masks" / "overlays").glob("*.jpg"))) == 3
     msk = cv2.imread(str(masks[0]), cv2.IMREAD_GRAYSCALE)
     assert set(np.unique(msk)) <= {0, 255} and (msk == 255).any()
+
+
+def test_evaluate_cli_work_size_and_smoothed_flicker(tiny, tiny_model, make_video, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    clip = make_video(tmp_path / "still.mp4", size=(96, 64), frames=10)
+
+    def run(*args) -> dict:
+        res = CliRunner().invoke(main, ["evaluate", str(tiny_model), *args, "--json"])
+        assert res.exit_code == 0, res.output
+        return json.loads(res.output)
+
+    scores = run(str(tiny), "--work-size", "32x32")
+    assert scores["work_size"] == "32x32" and scores["images"] == 12 and 0 <= scores["iou"] <= 1
+    raw = run("--video", str(clip))
+    smoothed = run("--video", str(clip), "--smooth", "0.9")
+    assert raw["smooth"] == 0 and smoothed["smooth"] == 0.9
+    assert smoothed["flicker"] < raw["flicker"]
