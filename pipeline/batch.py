@@ -133,12 +133,10 @@ def input_fingerprint(path: Path) -> dict[str, Any]:
 
 def model_fingerprint(path: Path | None) -> str:
     """sha256 over the model's files (weights, and the JSON config beside safetensors weights)."""
-    from pipeline.segment import DEFAULT_MODEL
+    from pipeline.segment import model_files
 
-    path = Path(path) if path is not None else DEFAULT_MODEL
-    files = [path] if path.suffix == ".pkl" else [path.with_suffix(".safetensors"), path.with_suffix(".json")]
     digest = hashlib.sha256()
-    for file in files:
+    for file in model_files(path):
         try:
             with open(file, "rb") as f:
                 while chunk := f.read(1 << 20):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.batch import Job, JobResult, init_worker, process_job
-from pipeline.errors import BlurvidError
+from pipeline.errors import BlurvidError, ModelError
 
 if TYPE_CHECKING:
     from pipeline.process import ProcessOptions
@@ -47,14 +47,25 @@ def connect(address: str) -> None:
 
 
 def model_blob(model_path: Path | None) -> dict[str, Any]:
-    """The model's files as bytes: {"name": file name, "files": {suffix: bytes}, "sha256": ...}."""
-    from pipeline.segment import DEFAULT_MODEL
+    """The model's files as bytes: {"name": file name, "files": {suffix: bytes}, "sha256": ...}.
 
-    path = Path(model_path) if model_path is not None else DEFAULT_MODEL
-    paths = [path] if path.suffix == ".pkl" else [path.with_suffix(".safetensors"), path.with_suffix(".json")]
+    A "deeplabv3" name ships no files: torchvision's weights are read from each node's torch cache.
+    """
+    from pipeline.deeplab import MODELS as DEEPLAB_MODELS, how_to_get
+    from pipeline.segment import model_files
+
+    if model_path is not None and str(model_path) in DEEPLAB_MODELS:
+        (checkpoint,) = model_files(model_path)
+        if not checkpoint.is_file():
+            raise ModelError(how_to_get(str(model_path)))
+        return {"name": str(model_path), "files": {}, "sha256": f"{model_path}:{checkpoint.stat().st_size}"}
+    paths = model_files(model_path)
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise ModelError(f"{missing[0]}: model file not found")
     files = {p.suffix: p.read_bytes() for p in paths}
     digest = hashlib.sha256(b"".join(files[s] for s in sorted(files))).hexdigest()
-    return {"name": path.name, "files": files, "sha256": digest}
+    return {"name": paths[0].name, "files": files, "sha256": digest}
 
 
 _loaded: dict[tuple[str, str], Segmenter] = {}   # per worker process: model sha and device -> Segmenter
@@ -65,6 +76,8 @@ def _worker_segmenter(blob: dict[str, Any], device: str, model_kwargs: dict[str,
     from pipeline.segment import load_segmenter
 
     key = (blob["sha256"], device, tuple(sorted(model_kwargs.items())))
+    if key not in _loaded and not blob["files"]:   # a model by name (deeplabv3): this node's cache
+        _loaded[key] = load_segmenter(blob["name"], device=device, **model_kwargs)
     if key not in _loaded:
         with tempfile.TemporaryDirectory(prefix="blurvid-model-") as folder:
             path = Path(folder) / blob["name"]

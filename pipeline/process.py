@@ -18,7 +18,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,7 +153,8 @@ def process_video(src: str | Path, dst: str | Path, options: ProcessOptions = Pr
                          audio_from=None if span else src, span=span) as writer, thumbs:
             frames = _resized(reader, options.size, report)
             in_flight = frames_in_flight(out_size)
-            decoded = _threaded(frames, maxsize=in_flight, name="decode")
+            # closing(): on a failure the decode thread must stop before the reader closes under it
+            decoded = outputs.enter_context(closing(_threaded(frames, maxsize=in_flight, name="decode")))
             composited = _segment_and_composite(decoded, segmenter, compositor, work_size,
                                                 options.batch_size, report, smoother=smoother,
                                                 side_by_side=options.side_by_side)

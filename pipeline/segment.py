@@ -222,6 +222,19 @@ def pipeline_threads(cores: int | None = None) -> int:
     return max(1, cores - 1)
 
 
+def model_files(path: str | Path | None) -> list[Path]:
+    """The files a model is made of (for fingerprints and for shipping it to workers): the JSON and
+    safetensors pair, a .pkl, or for "deeplabv3" names the checkpoint in the torch cache."""
+    from pipeline.deeplab import MODELS as DEEPLAB_MODELS, checkpoint_path
+
+    path = DEFAULT_MODEL if path is None else Path(path)
+    if str(path) in DEEPLAB_MODELS:
+        return [checkpoint_path(str(path))]
+    if path.suffix == ".pkl":
+        return [path]
+    return [path.with_suffix(".safetensors"), path.with_suffix(".json")]
+
+
 def load_segmenter(path: str | Path | None = None, *, device: str = "cpu",
                    work_size: tuple[int, int] | None = None, precision: str = "auto") -> Segmenter:
     """The Segmenter for a model file: None (the shipped default), .safetensors/.json, or a fastai .pkl;

@@ -101,3 +101,18 @@ def test_foreign_checkpoint_is_a_model_error(tmp_path, monkeypatch):
 
 def test_aux_head_is_dropped_for_inference():
     assert build_deeplab(NAME).aux_classifier is None
+
+
+def test_batch_fingerprints_and_ships_deeplab_by_its_cached_checkpoint(cache, empty_cache, monkeypatch):
+    from pipeline.batch import model_fingerprint
+    from pipeline.distributed import model_blob
+
+    monkeypatch.setenv("TORCH_HOME", str(cache))
+    fingerprint = model_fingerprint(Path(NAME))
+    assert fingerprint not in ("missing", model_fingerprint(None))
+    blob = model_blob(Path(NAME))
+    assert blob["name"] == NAME and blob["files"] == {}   # each node reads its own torch cache
+    monkeypatch.setenv("TORCH_HOME", str(empty_cache))
+    assert model_fingerprint(Path(NAME)) == "missing"
+    with pytest.raises(ModelError, match="weights not found"):
+        model_blob(Path(NAME))
