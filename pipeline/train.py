@@ -197,7 +197,7 @@ def train(data: Path, out: Path, opts: TrainOptions = TrainOptions(), *, log=pri
 
     valid_loss, valid_iou = (float(v) for v in learn.validate())
     config = replace(config, training={
-        **config.training,
+        **({"base": config.training} if config.training else {}),   # what the --from model was trained on
         "data": str(data), "images": len(dls.train_ds) + len(dls.valid_ds),
         "epochs": epochs, "size": opts.size, "bs": opts.bs, "lr": opts.lr,
         "from_model": str(opts.from_model) if opts.from_model else None,

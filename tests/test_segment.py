@@ -138,7 +138,10 @@ def tiny_dataset(tmp_path):
 @pytest.mark.media
 @pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the default model has not been trained yet")
 def test_default_model_quality_floor(tmp_path):
-    """Regression floor for the shipped model on EG1800 test portraits (MODEL.md: IoU 0.716 on all 264)."""
+    """Regression floor for the shipped model on EG1800 test portraits.
+
+    MODEL.md: IoU 0.844 on all 264; these first 24 measured 0.828. The floor sits 5 points under that.
+    """
     from pipeline.evaluate import evaluate_masks
 
     eg1800 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "eg1800"
@@ -149,4 +152,4 @@ def test_default_model_quality_floor(tmp_path):
     split.write_text("\n".join(names))
     scores = evaluate_masks(load_segmenter(), eg1800, split=split)
     assert scores.images == 24
-    assert scores.iou > 0.6
+    assert scores.iou > 0.78
