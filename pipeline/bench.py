@@ -6,12 +6,12 @@
     python -m pipeline.bench --levers                     # segmentation ms/frame: size, batch, precision
 
 The reference is what a first fastai script does: per frame, resize to 640×360, one fastai
-`learn.predict` (a real Learner from `unet_learner`, holding the same weights as ours), Gaussian blur
+`learn.predict` (a real Learner from stock `unet_learner(resnet18)`, random weights), Gaussian blur
 k=61 over the whole frame, float alpha blend, OpenCV VideoWriter mp4v. It is slow, so it is timed on
 the first `ref_frames` frames of each clip and its FPS extrapolated to the whole clip.
 
 Ours is `process_video` with default options, each run in a fresh child process so that its peak RSS
-(ru_maxrss) and warm caches are its own. Numbers are medians over `runs` runs.
+(VmHWM, see peak_rss_kb) and warm caches are its own. Numbers are medians over `runs` runs.
 
 The batch section (`batch` in --only) times `blurvid batch` on 8 short clips with --jobs 1, --jobs 2
 and a local Ray, and a long clip whole against in chunks: videos per minute (bench_batch).
@@ -137,9 +137,12 @@ def default_cases(shared: Path, cache: Path) -> list[Case]:
 # --- the reference pipeline -----------------------------------------------------------------------
 
 def reference_learner(model_path: Path, work_dir: Path, size: tuple[int, int] = REF_SIZE):
-    """A fastai Learner as `unet_learner(resnet18, pretrained=False, n_out=2)` makes it, with our weights.
+    """The reference posts' Learner: stock `unet_learner(resnet18, pretrained=False, n_out=2)`.
 
-    No Resize in its transforms, so `predict` runs the network at the size it is given (640×360).
+    Stock means fastai's default U-Net options (last_cross=True: a full-resolution ResBlock at the
+    end), which blurvid's model drops for speed, so our weights do not fit it: it runs with random
+    weights, which costs the same time. No Resize in its transforms, so `predict` runs the network
+    at the size it is given (640×360).
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -152,7 +155,7 @@ def reference_learner(model_path: Path, work_dir: Path, size: tuple[int, int] = 
 
     from pipeline.segment import load_model
 
-    model, config = load_model(model_path)
+    _, config = load_model(model_path)
     images, masks = work_dir / "images", work_dir / "masks"
     images.mkdir(parents=True, exist_ok=True)
     masks.mkdir(exist_ok=True)
@@ -166,8 +169,7 @@ def reference_learner(model_path: Path, work_dir: Path, size: tuple[int, int] = 
     dls = block.dataloaders(images, bs=1, num_workers=0, device="cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        learn = unet_learner(dls, resnet18, pretrained=False, n_out=len(config.classes), **config.unet)
-    learn.model.load_state_dict(model.state_dict())
+        learn = unet_learner(dls, resnet18, pretrained=False, n_out=len(config.classes))
     learn.model.eval()
     return learn, config.person_index
 
@@ -220,8 +222,23 @@ def run_ours(case: Case, model_path: Path, out_dir: Path, *, threads: int | None
     return result
 
 
+def peak_rss_kb() -> int:
+    """This process's peak resident memory in kB: VmHWM, the high-water mark of its own address space.
+
+    Not ru_maxrss: Linux carries the parent's peak into a child across fork + exec, so a child of
+    this benchmark (whose parent holds the fastai reference) would report the parent's memory.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # elsewhere: kB on Linux, bytes on macOS
+
+
 def _child(spec_json: str) -> None:
-    """Runs in the child: process one clip, print a JSON line with the report and ru_maxrss."""
+    """Runs in the child: process one clip, print a JSON line with the report and peak RSS."""
     spec = json.loads(spec_json)
     import torch
 
@@ -234,7 +251,7 @@ def _child(spec_json: str) -> None:
     size = tuple(spec["size"]) if spec["size"] else None
     options = ProcessOptions(size=size, overwrite=True, **spec["options"])
     report = process_video(spec["src"], spec["dst"], options, segmenter=segmenter)
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # kilobytes on Linux
+    rss_kb = peak_rss_kb()
     print(json.dumps({"frames": report.frames, "seconds": report.seconds, "fps": report.fps,
                       "stage_seconds": dict(report.stage_seconds), "peak_rss_mb": rss_kb / 1024,
                       "torch_threads": torch.get_num_threads(),
@@ -349,6 +366,8 @@ def run_bench(cases: list[Case], *, model: Path | None = None, runs: int = 3, re
         "reference": {"description": f"per frame: resize to {ref_size[0]}x{ref_size[1]}, fastai "
                       f"learn.predict, GaussianBlur k={REF_BLUR} on the whole frame, float blend, "
                       "OpenCV VideoWriter mp4v",
+                      "model": "stock unet_learner(resnet18, pretrained=False, n_out=2): fastai's default "
+                               "U-Net options (last_cross=True), random weights (speed only)",
                       "frames_timed": ref_frames,
                       "extrapolated": "FPS over the first frames_timed frames, taken as the whole clip's"},
         "clips": [asdict(r) for r in results],
