@@ -42,7 +42,7 @@ import av.error
 
 from pipeline.batch import Job, JobResult, process_job
 from pipeline.errors import BlurvidError, InputError, OutputError
-from pipeline.video import AudioCopy, Span, VideoReader, atomic_output, snap_to_grid
+from pipeline.video import AudioCopy, Span, VideoReader, atomic_output, open_input, snap_to_grid, video_stream
 
 if TYPE_CHECKING:  # pipeline.process imports torch; workers set their thread counts before that
     from pipeline.process import ProcessOptions, ProcessReport
@@ -66,8 +66,8 @@ def plan_chunks(src: str | Path, target_seconds: float) -> list[Span]:
     with VideoReader(src) as reader:   # the same frame rate and clock as processing uses
         info = reader.info
         first_pts = next(iter(reader)).pts
-    with _open(src) as container:
-        stream = _video_stream(container)
+    with open_input(src) as container:
+        stream = video_stream(container, src)
         audio_start = Fraction(container.start_time or 0, av.time_base) if container.streams.audio else None
         short = info.duration is not None and info.duration < (1 + MIN_TAIL) * target_seconds
         splittable = any(name in SPLITTABLE for name in container.format.name.split(","))
@@ -131,20 +131,6 @@ def _whole(first_pts: int | None, tb: Fraction, audio_start: Fraction | None) ->
     first = Fraction(first_pts or 0) * tb
     t0 = first if audio_start is None else min(first, audio_start)
     return Span(start=first_pts or 0, end=None, seek=None, first_index=0, t0=t0, grid=None)
-
-
-def _open(path: Path):
-    try:
-        return av.open(str(path), metadata_errors="replace")
-    except av.error.FFmpegError as e:
-        raise InputError(f"{path}: not a video FFmpeg can read, or cut short ({e})") from e
-
-
-def _video_stream(container):
-    streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
-    if not streams:
-        raise InputError(f"{container.name}: has no video stream")
-    return streams[0]
 
 
 # --- joining --------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import numpy as np
 from pipeline.backgrounds import open_background
 from pipeline.composite import Compositor
 from pipeline.errors import InputError, OutputError
-from pipeline.process import fit_work_size
+from pipeline.process import composite_frame, fit_work_size
 from pipeline.segment import Segmenter, load_segmenter
 from pipeline.temporal import TemporalSmoother
 from pipeline.video import Frame, VideoReader
@@ -354,9 +354,5 @@ def _composite(rgb: np.ndarray, index: int, segmenter: Segmenter, compositor: Co
         rgb = cv2.resize(rgb, out_size, interpolation=cv2.INTER_AREA)
     small = cv2.resize(rgb, work_size, interpolation=cv2.INTER_AREA)
     prob = segmenter(small[None])[0]                      # [h, w] float32
-    if smoother is not None:
-        prob = smoother(prob)
-    com, pha = compositor(rgb, prob, index=index)
-    if side_by_side:
-        com = np.hstack([com, cv2.cvtColor(pha, cv2.COLOR_GRAY2RGB)])
+    com, _ = composite_frame(rgb, prob, compositor, index=index, smoother=smoother, side_by_side=side_by_side)
     return com

@@ -194,13 +194,25 @@ def _segment_and_composite(frames: Iterable[Frame], segmenter: Segmenter, compos
         report.stage_seconds["segment"] += t1 - t0
         for frame, prob in zip(batch, probs):
             t0 = time.perf_counter()
-            if smoother is not None:                        # in frame order: it remembers the last one
-                prob = smoother(prob)
-            com, pha = compositor(frame.rgb, prob, index=frame.index)
-            if side_by_side:                                # result | mask, twice as wide
-                com = np.hstack([com, cv2.cvtColor(pha, cv2.COLOR_GRAY2RGB)])
+            com, pha = composite_frame(frame.rgb, prob, compositor, index=frame.index, smoother=smoother,
+                                       side_by_side=side_by_side)
             report.stage_seconds["composite"] += time.perf_counter() - t0
             yield frame, com, pha
+
+
+def composite_frame(rgb: np.ndarray, prob: np.ndarray, compositor: Compositor, *, index: int,
+                    smoother: TemporalSmoother | None = None,
+                    side_by_side: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """One frame's mask smoothed (frames must come in order), composited: (result, alpha).
+
+    With `side_by_side` the result is result | mask, twice as wide. `blurvid live` shares this.
+    """
+    if smoother is not None:                        # in frame order: it remembers the last one
+        prob = smoother(prob)
+    com, pha = compositor(rgb, prob, index=index)
+    if side_by_side:
+        com = np.hstack([com, cv2.cvtColor(pha, cv2.COLOR_GRAY2RGB)])
+    return com, pha
 
 
 class _Encoder:

@@ -122,6 +122,23 @@ def _reason(e: av.error.FFmpegError) -> str:
     return (e.strerror or str(e)).rstrip(".").lower()
 
 
+def open_input(path: Path):
+    """av.open for reading; InputError with FFmpeg's reason if it cannot be read."""
+    try:
+        return av.open(str(path), metadata_errors="replace")
+    except av.error.FFmpegError as e:
+        raise InputError(f"{path}: not a video FFmpeg can read, or cut short ({_reason(e)})") from e
+
+
+def video_stream(container, path: Path):
+    """The container's first real video stream; InputError if it has none."""
+    # Cover art in mp4/mkv is a one-picture "video" stream: skip it.
+    streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    if not streams:
+        raise InputError(f"{path}: has no video stream")
+    return streams[0]
+
+
 class VideoReader:
     """Decode a video file into upright RGB frames.
 
@@ -142,10 +159,7 @@ class VideoReader:
             raise InputError(f"{self.path}: no such file")
         if self.path.is_dir():
             raise InputError(f"{self.path}: is a folder, not a video file")
-        try:
-            self._container = av.open(str(self.path), metadata_errors="replace")
-        except av.error.FFmpegError as e:
-            raise InputError(f"{self.path}: not a video FFmpeg can read, or cut short ({_reason(e)})") from e
+        self._container = open_input(self.path)
         try:
             self._open(threads)
         except BaseException:
@@ -154,11 +168,7 @@ class VideoReader:
 
     def _open(self, threads: int) -> None:
         container = self._container
-        # Cover art in mp4/mkv is a one-picture "video" stream: skip it.
-        streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
-        if not streams:
-            raise InputError(f"{self.path}: has no video stream")
-        self._stream = stream = streams[0]
+        self._stream = stream = video_stream(container, self.path)
         stream.thread_type = "AUTO"  # frame + slice threads
         stream.codec_context.thread_count = threads  # 0: one per core
 
