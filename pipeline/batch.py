@@ -200,11 +200,15 @@ def init_worker(threads: int) -> None:
 
 
 def _segmenter(model_path: Path | None, device: str, model_kwargs: dict[str, Any]) -> Segmenter:
+    import torch
+
     from pipeline.segment import load_segmenter
 
     key = (str(model_path), device, tuple(sorted(model_kwargs.items())))
     if key not in _segmenters:
-        _segmenters[key] = load_segmenter(model_path, device=device, **model_kwargs)
+        # this worker's share of the cores, as init_worker set them
+        _segmenters[key] = load_segmenter(model_path, device=device, threads=torch.get_num_threads(),
+                                          **model_kwargs)
     return _segmenters[key]
 
 

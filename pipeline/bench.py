@@ -53,6 +53,7 @@ class Case:
     size: tuple[int, int] | None = None   # --size
     reference: bool = True                # also time the reference pipeline on it
     note: str = ""
+    options: tuple[tuple[str, object], ...] = ()   # other process options (ProcessOptions, backend, precision)
 
 
 @dataclass
@@ -125,6 +126,11 @@ def default_cases(shared: Path, cache: Path) -> list[Case]:
                       audio=False)
     return [
         Case("one-by-one", long_clip, note="139 s, 768×432, 10 fps"),
+        # the speed levers one at a time (issue #4): without mask reuse, then also in torch
+        Case("one-by-one no-reuse", long_clip, reference=False, options=(("reuse", 0.0),),
+             note="--reuse 0: the model on every frame"),
+        Case("one-by-one torch", long_clip, reference=False, options=(("reuse", 0.0), ("backend", "torch")),
+             note="--reuse 0 --backend torch: the network in torch (bf16), not int8 ONNX Runtime"),
         Case("one-by-one@640x360", long_clip, size=(640, 360), reference=False,
              note="--size 640x360 (the reference's output size)"),
         Case("talking-720p", talking, note="s18.mp4, 1280×720, 30 fps"),
@@ -246,13 +252,14 @@ def _child(spec_json: str) -> None:
     from pipeline.segment import load_segmenter, pipeline_threads
 
     torch.set_num_threads(spec["threads"] or pipeline_threads())   # what `blurvid process` does
-    seg_opts = {k: spec["options"].pop(k) for k in ("precision",) if k in spec["options"]}
-    segmenter = load_segmenter(spec["model"], **seg_opts)
+    seg_opts = {k: spec["options"].pop(k) for k in ("precision", "backend") if k in spec["options"]}
+    segmenter = load_segmenter(spec["model"], threads=spec["threads"], **seg_opts)
     size = tuple(spec["size"]) if spec["size"] else None
     options = ProcessOptions(size=size, overwrite=True, **spec["options"])
     report = process_video(spec["src"], spec["dst"], options, segmenter=segmenter)
     rss_kb = peak_rss_kb()
-    print(json.dumps({"frames": report.frames, "seconds": report.seconds, "fps": report.fps,
+    print(json.dumps({"frames": report.frames, "reused": report.reused, "seconds": report.seconds,
+                      "fps": report.fps, "backend": segmenter.backend,
                       "stage_seconds": dict(report.stage_seconds), "peak_rss_mb": rss_kb / 1024,
                       "torch_threads": torch.get_num_threads(),
                       "precision": getattr(segmenter, "precision", None)}))
@@ -279,7 +286,7 @@ def bench_case(case: Case, model_path: Path, work: Path, *, runs: int, learn=Non
         res.ref_fps, res.ref_frames_timed = ref["fps"], ref["frames"]
         log(f"  reference: {ref['frames']} frames in {ref['seconds']:.1f} s = {ref['fps']:.2f} fps")
     for i in range(runs):
-        r = run_ours(case, model_path, work)
+        r = run_ours(case, model_path, work, extra=dict(case.options))
         res.runs.append(r)
         log(f"  run {i + 1}/{runs}: {r['frames']} frames, {r['fps']:.2f} fps, "
             f"peak RSS {r['peak_rss_mb']:.0f} MB")
@@ -352,11 +359,14 @@ def run_bench(cases: list[Case], *, model: Path | None = None, runs: int = 3, re
                                   log=log))
     with av.open(str(cases[0].path)) as clip:   # bf16 vs fp32 on real frames, with this model
         src = [f.to_ndarray(format="rgb24") for _, f in zip(range(8), clip.decode(video=0))]
+    from pipeline.onnx_backend import int8_path
     from pipeline.segment import load_model
 
     w, h = load_model(model_path)[1].work_size
-    check = precision_check(model_path, np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA)
-                                                  for f in src]))
+    small = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in src])
+    checks = {"bf16_vs_fp32": precision_check(model_path, small, backend="torch", precision="bf16")}
+    if int8_path(model_path).exists():
+        checks["int8_vs_fp32"] = precision_check(model_path, small, backend="onnx")
     by_name = {r.name: r for r in results}
     rss = {n: by_name[n].peak_rss_mb for n in ("one-by-one-10s", "one-by-one") if n in by_name}
     return {
@@ -372,7 +382,7 @@ def run_bench(cases: list[Case], *, model: Path | None = None, runs: int = 3, re
                       "extrapolated": "FPS over the first frames_timed frames, taken as the whole clip's"},
         "clips": [asdict(r) for r in results],
         "rss_short_vs_long_mb": rss,
-        "bf16_vs_fp32": check,
+        **checks,
     }
 
 
@@ -380,16 +390,19 @@ def print_table(result: dict) -> None:
     trained = "trained" if result["model"]["trained"] else "RANDOM (default model missing)"
     m = result["machine"]
     run = result["clips"][0]["runs"][0]
-    print(f"\nmodel: {result['model']['path']} [{trained}]; {m['cores']} cores; model threads "
-          f"{run['torch_threads']}, precision {run['precision']}; medians of {result['runs_per_clip']} run(s)")
-    print(f"{'clip':<20}{'in':>10}{'out':>10}{'frames':>7}{'ours fps':>9}{'ref fps':>8}{'ratio':>7}"
-          f"   ms/frame: {'dec':>5}{'seg':>6}{'comp':>6}{'enc':>6}{'RSS MB':>8}")
+    print(f"\nmodel: {result['model']['path']} [{trained}]; {m['cores']} cores; torch threads "
+          f"{run['torch_threads']}; medians of {result['runs_per_clip']} run(s)")
+    print(f"{'clip':<22}{'in':>10}{'out':>10}{'frames':>7}{'backend':>10}{'reused':>7}{'ours fps':>9}"
+          f"{'ref fps':>8}{'ratio':>7}   ms/frame: {'dec':>5}{'seg':>6}{'comp':>6}{'enc':>6}{'RSS MB':>8}")
     for c in result["clips"]:
         ref = f"{c['ref_fps']:.2f}" if c["ref_fps"] else "-"
         ratio = f"{c['ratio']:.0f}×" if c["ratio"] else "-"
         ms = c["stage_ms_per_frame"]
-        print(f"{c['name']:<20}{'x'.join(map(str, c['src_size'])):>10}{'x'.join(map(str, c['out_size'])):>10}"
-              f"{c['frames']:>7}{c['fps']:>9.2f}{ref:>8}{ratio:>7}"
+        first = c["runs"][0]
+        backend = first.get("backend", "?") if first.get("backend") != "torch" else f"torch {first['precision']}"
+        reused = f"{first.get('reused', 0) / max(first['frames'], 1):.0%}"
+        print(f"{c['name']:<22}{'x'.join(map(str, c['src_size'])):>10}{'x'.join(map(str, c['out_size'])):>10}"
+              f"{c['frames']:>7}{backend:>10}{reused:>7}{c['fps']:>9.2f}{ref:>8}{ratio:>7}"
               f"   {'':>9}{ms['decode']:>5.1f}{ms['segment']:>6.1f}{ms['composite']:>6.1f}{ms['encode']:>6.1f}"
               f"{c['peak_rss_mb']:>8.0f}")
     print(f"reference FPS measured on the first {result['reference']['frames_timed']} frames of each clip "
@@ -591,12 +604,13 @@ def lever_table(model_path: Path | None = None, *, sizes=((256, 144), (224, 128)
     return rows
 
 
-def precision_check(model_path: Path | None, frames: np.ndarray, precision: str = "bf16") -> dict:
-    """How far `precision`'s probabilities are from fp32's on `frames`: max/mean abs diff, mask agreement."""
+def precision_check(model_path: Path | None, frames: np.ndarray, **variant) -> dict:
+    """How far a segmenter variant (load_segmenter keywords: precision="bf16", backend="onnx") is from
+    the torch fp32 network on `frames`: max/mean abs diff of the probabilities, mask agreement."""
     from pipeline.segment import load_segmenter
 
-    ref = load_segmenter(model_path, precision="fp32")(frames)
-    low = load_segmenter(model_path, precision=precision)(frames)
+    ref = load_segmenter(model_path, backend="torch", precision="fp32")(frames)
+    low = load_segmenter(model_path, **variant)(frames)
     diff = np.abs(ref - low)
     return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
             "mask_agreement": float(((ref > 0.5) == (low > 0.5)).mean())}

@@ -47,7 +47,7 @@ def connect(address: str) -> None:
 
 
 def model_blob(model_path: Path | None) -> dict[str, Any]:
-    """The model's files as bytes: {"name": file name, "files": {suffix: bytes}, "sha256": ...}.
+    """The model's files as bytes: {"name": file name, "files": {file name: bytes}, "sha256": ...}.
 
     A "deeplabv3" name ships no files: torchvision's weights are read from each node's torch cache.
     """
@@ -63,7 +63,7 @@ def model_blob(model_path: Path | None) -> dict[str, Any]:
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise ModelError(f"{missing[0]}: model file not found")
-    files = {p.suffix: p.read_bytes() for p in paths}
+    files = {p.name: p.read_bytes() for p in paths}
     digest = hashlib.sha256(b"".join(files[s] for s in sorted(files))).hexdigest()
     return {"name": paths[0].name, "files": files, "sha256": digest}
 
@@ -73,16 +73,19 @@ _threads_set = False
 
 
 def _worker_segmenter(blob: dict[str, Any], device: str, model_kwargs: dict[str, Any]) -> Segmenter:
+    import torch
+
     from pipeline.segment import load_segmenter
 
+    model_kwargs = {"threads": torch.get_num_threads(), **model_kwargs}   # the task's CPUs (init_worker)
     key = (blob["sha256"], device, tuple(sorted(model_kwargs.items())))
     if key not in _loaded and not blob["files"]:   # a model by name (deeplabv3): this node's cache
         _loaded[key] = load_segmenter(blob["name"], device=device, **model_kwargs)
     if key not in _loaded:
         with tempfile.TemporaryDirectory(prefix="blurvid-model-") as folder:
+            for name, data in blob["files"].items():
+                (Path(folder) / name).write_bytes(data)
             path = Path(folder) / blob["name"]
-            for suffix, data in blob["files"].items():
-                path.with_suffix(suffix).write_bytes(data)
             _loaded[key] = load_segmenter(path, device=device, **model_kwargs)
     return _loaded[key]
 

@@ -130,19 +130,23 @@ def evaluate_masks(segmenter: Segmenter, data: Path, *, split: Path | None = Non
 
 
 def video_flicker(segmenter: Segmenter, video: Path, *, max_frames: int | None = 250,
-                  smoother=None) -> float:
+                  smoother=None, reuse=None) -> float:
     """Mean |m_t − m_{t−1}| of the soft mask over consecutive frames (lower is steadier).
 
-    Measured at the working size, where the model's own jitter lives; `smoother`, if given, is
-    applied to each probability map in order (temporal smoothing under test).
+    Measured at the working size, where the model's own jitter lives. As in `blurvid process`,
+    `reuse` (a reuse.MaskReuse), if given, keeps the last mask for near-identical frames, then
+    `smoother` (a temporal.TemporalSmoother), if given, smooths each mask in order.
     """
-    diffs, previous = [], None
+    diffs, previous, raw = [], None, None
     with VideoReader(video) as reader:
         work = fit_work_size(segmenter.work_size, (reader.info.width, reader.info.height))
         for frame in reader:
             if max_frames is not None and frame.index >= max_frames:
                 break
-            prob = segmenter(cv2.resize(frame.rgb, work, interpolation=cv2.INTER_AREA)[None])[0]
+            small = cv2.resize(frame.rgb, work, interpolation=cv2.INTER_AREA)
+            if reuse is None or reuse.needs_model(small):   # True for the first frame
+                raw = segmenter(small[None])[0]
+            prob = raw
             if smoother is not None:
                 prob = smoother(prob)
             if previous is not None:

@@ -30,6 +30,7 @@ from pipeline.composite import Compositor
 from pipeline.errors import OutputError
 from pipeline.outputs import open_alpha_output, open_matte_output
 from pipeline.preview import record_videos, thumb_name
+from pipeline.reuse import DEFAULT_MAX_CHANGED, MaskReuse
 from pipeline.segment import Segmenter, load_segmenter
 from pipeline.temporal import TemporalSmoother
 from pipeline.video import Frame, Span, VideoInfo, VideoReader, VideoWriter, atomic_output
@@ -61,6 +62,7 @@ class ProcessOptions:
     background_fit: str = "cover"             # an image/video background: "cover" (crop) or "stretch"
     light_wrap: float = 0.0                   # 0..1: background light spilled over the person's edge
     smooth: float = 0.7                       # 0..1: temporal smoothing of unsure mask pixels; 0: off
+    reuse: float = DEFAULT_MAX_CHANGED        # reuse the last mask below this fraction of changed pixels; 0: off
     output_alpha: Path | None = None          # also the person with alpha: .mov, .webm or a PNG folder
     matte: Path | None = None                 # also the soft mask as a grey H.264 video
     side_by_side: bool = False                # the output shows result | mask (twice as wide)
@@ -72,6 +74,7 @@ class ProcessReport:
 
     output: Path
     frames: int = 0
+    reused: int = 0       # frames that reused the last mask instead of running the model (pipeline.reuse)
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     thumbs: Path | None = None
@@ -157,7 +160,7 @@ def process_video(src: str | Path, dst: str | Path, options: ProcessOptions = Pr
             decoded = outputs.enter_context(closing(_threaded(frames, maxsize=in_flight, name="decode")))
             composited = _segment_and_composite(decoded, segmenter, compositor, work_size,
                                                 options.batch_size, report, smoother=smoother,
-                                                side_by_side=options.side_by_side)
+                                                reuse=MaskReuse(options.reuse), side_by_side=options.side_by_side)
             encoder = _Encoder(writer, thumbs, report, progress, sinks=sinks, queue_frames=in_flight)
             encoder.run(composited)
         report.thumbs = thumbs.folder if options.thumb_every else None
@@ -184,12 +187,23 @@ def _resized(reader: VideoReader, size: tuple[int, int] | None, report: ProcessR
 def _segment_and_composite(frames: Iterable[Frame], segmenter: Segmenter, compositor: Compositor,
                            work_size: tuple[int, int], batch_size: int,
                            report: ProcessReport, *, smoother: TemporalSmoother | None = None,
+                           reuse: MaskReuse | None = None,
                            side_by_side: bool = False) -> Iterator[tuple[Frame, np.ndarray, np.ndarray]]:
-    """Batches frames through the model, then composites each: yields (frame, com, pha)."""
+    """Batches frames through the model, then composites each: yields (frame, com, pha).
+
+    With `reuse`, frames nearly identical to the last one the model saw get its mask instead.
+    """
+    last_prob = None
     for batch in _batched(frames, batch_size):
         t0 = time.perf_counter()
-        small = np.stack([cv2.resize(f.rgb, work_size, interpolation=cv2.INTER_AREA) for f in batch])
-        probs = segmenter(small)                            # [B, h, w] float32
+        small = [cv2.resize(f.rgb, work_size, interpolation=cv2.INTER_AREA) for f in batch]
+        needed = [reuse is None or reuse.needs_model(s) for s in small]
+        fresh = iter(segmenter(np.stack([s for s, n in zip(small, needed) if n])) if any(needed) else ())
+        probs = []                                          # [h, w] float32 each
+        for need in needed:
+            last_prob = next(fresh) if need else last_prob
+            probs.append(last_prob)
+        report.reused += needed.count(False)
         t1 = time.perf_counter()
         report.stage_seconds["segment"] += t1 - t0
         for frame, prob in zip(batch, probs):

@@ -2,6 +2,7 @@
 
     seg = load_segmenter()                      # the shipped default model
     seg = load_segmenter("my-model.safetensors")  # weights + my-model.json beside it
+    seg = load_segmenter(backend="torch")        # not the int8 ONNX Runtime copy of the weights
     prob = seg(frames)   # frames (B, h, w, 3) uint8 at seg.work_size -> (B, h, w) float32 p(person)
 
 A Segmenter is anything with a `work_size` (w, h) and that call: the fastai U-Net here, a fastai
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import ModelError
+from pipeline.onnx_backend import BACKENDS, int8_path
 
 MODELS_DIR = Path(__file__).parent / "models"
 DEFAULT_MODEL = MODELS_DIR / "person-unet-r18.safetensors"
@@ -125,11 +127,8 @@ def save_model(model: nn.Module, config: ModelConfig, path: str | Path, *, half:
     return path
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, ModelConfig]:
-    """Rebuild the U-Net from `path` (.safetensors or its .json). Raises ModelError with the reason."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+def load_config(path: str | Path) -> ModelConfig:
+    """The ModelConfig of the model at `path` (.safetensors or its .json), both files checked present."""
     path = Path(path)
     weights, config_path = path.with_suffix(".safetensors"), path.with_suffix(".json")
     for p in (weights, config_path):
@@ -142,6 +141,16 @@ def load_model(path: str | Path) -> tuple[nn.Module, ModelConfig]:
     if config.version > CONFIG_VERSION:
         raise ModelError(f"{config_path}: config version {config.version} is newer than this blurvid "
                          f"understands ({CONFIG_VERSION}); upgrade blurvid")
+    return config
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, ModelConfig]:
+    """Rebuild the U-Net from `path` (.safetensors or its .json). Raises ModelError with the reason."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights = Path(path).with_suffix(".safetensors")
+    config = load_config(path)
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as e:
@@ -164,6 +173,8 @@ class UnetSegmenter:
         seg = UnetSegmenter(model, config, device="cpu")
         prob = seg(frames)   # (B, h, w, 3) uint8 -> (B, h, w) float32
     """
+
+    backend = "torch"
 
     def __init__(self, model: nn.Module, config: ModelConfig, *, device: str = "cpu",
                  work_size: tuple[int, int] | None = None, channels_last: bool = True,
@@ -209,22 +220,26 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str
 
 
 def pipeline_threads(cores: int | None = None) -> int:
-    """Model threads while decoding and encoding run beside it: all cores but one.
+    """Torch threads while decoding and encoding run beside the model: all cores but one.
 
     On 2 cores, 2 model threads ran `blurvid process` at 3-14 fps (OpenMP threads spin at every layer
-    while the decoder or encoder holds the other core) against a steady 15 fps with 1 thread.
+    while the decoder or encoder holds the other core) against a steady 15 fps with 1 thread. ONNX
+    Runtime's threads sleep instead of spinning (onnx_backend.OnnxSegmenter), so it gets every core.
     """
-    if cores is None:
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:   # not Linux
-            cores = os.cpu_count() or 1
-    return max(1, cores - 1)
+    return max(1, (cores or available_cores()) - 1)
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # not Linux
+        return os.cpu_count() or 1
 
 
 def model_files(path: str | Path | None) -> list[Path]:
-    """The files a model is made of (for fingerprints and for shipping it to workers): the JSON and
-    safetensors pair, a .pkl, or for "deeplabv3" names the checkpoint in the torch cache."""
+    """The files a model is made of (for fingerprints and for shipping it to workers): the safetensors
+    and JSON pair and, where it exists, their int8 ONNX copy (pipeline.onnx_backend); a .pkl; or for
+    "deeplabv3" names the checkpoint in the torch cache."""
     from pipeline.deeplab import MODELS as DEEPLAB_MODELS, checkpoint_path
 
     path = DEFAULT_MODEL if path is None else Path(path)
@@ -232,15 +247,26 @@ def model_files(path: str | Path | None) -> list[Path]:
         return [checkpoint_path(str(path))]
     if path.suffix == ".pkl":
         return [path]
-    return [path.with_suffix(".safetensors"), path.with_suffix(".json")]
+    weights = path.with_suffix(".safetensors")
+    int8 = int8_path(weights)
+    return [weights, path.with_suffix(".json")] + ([int8] if int8.exists() else [])
 
 
 def load_segmenter(path: str | Path | None = None, *, device: str = "cpu",
-                   work_size: tuple[int, int] | None = None, precision: str = "auto") -> Segmenter:
+                   work_size: tuple[int, int] | None = None, precision: str = "auto",
+                   backend: str = "auto", threads: int | None = None) -> Segmenter:
     """The Segmenter for a model file: None (the shipped default), .safetensors/.json, or a fastai .pkl;
-    or a model name: "deeplabv3" / "deeplabv3-resnet50" (torchvision's, from the torch cache; pipeline.deeplab)."""
+    or a model name: "deeplabv3" / "deeplabv3-resnet50" (torchvision's, from the torch cache; pipeline.deeplab).
+
+    `backend` (BACKENDS): "torch" runs the network in torch (at `precision`); "onnx" runs the int8
+    ONNX model beside the weights (pipeline.onnx_backend); "auto" picks onnx on the CPU wherever that
+    int8 model exists and was made from these weights, and torch everywhere else. `threads`: ONNX
+    Runtime's (default: every core); torch's are set process-wide (torch.set_num_threads).
+    """
     from pipeline.deeplab import MODELS as DEEPLAB_MODELS
 
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
     if path is not None and str(path) in DEEPLAB_MODELS:
         from pipeline.deeplab import load_deeplab
 
@@ -254,8 +280,33 @@ def load_segmenter(path: str | Path | None = None, *, device: str = "cpu",
         raise ModelError(f"{path}: unknown model format {path.suffix or '(no extension)'!r}; "
                          "use NAME.safetensors (with NAME.json beside it), a fastai export .pkl, "
                          f"or a model name ({', '.join(DEEPLAB_MODELS)})")
+    if backend != "torch":
+        onnx = _onnx_segmenter(path, device=device, work_size=work_size, threads=threads or available_cores(),
+                               required=backend == "onnx")
+        if onnx is not None:
+            return onnx
     model, config = load_model(path)
     return UnetSegmenter(model, config, device=device, work_size=work_size, precision=precision)
+
+
+def _onnx_segmenter(path: Path, *, device: str, work_size: tuple[int, int] | None, threads: int,
+                    required: bool):
+    """The int8 ONNX segmenter for `path`, or None where "auto" should fall back to torch."""
+    from pipeline import onnx_backend
+
+    if torch.device(device).type != "cpu":
+        if required:
+            raise ModelError("the onnx backend runs on the CPU; use --backend torch with --device cuda")
+        return None
+    if not required and not (onnx_backend.int8_path(path).exists() and onnx_backend.onnxruntime_available()):
+        return None
+    try:
+        return onnx_backend.load_onnx_segmenter(path, work_size=work_size, threads=threads)
+    except ModelError as e:
+        if required:
+            raise
+        warnings.warn(f"{e}; running the model in torch instead", stacklevel=3)
+        return None
 
 
 # --- fastai .pkl exports -------------------------------------------------------------------------

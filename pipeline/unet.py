@@ -27,6 +27,12 @@ SKIP_INDICES = (2, 4, 5, 6)
 SKIP_CHANNELS = (64, 64, 128, 256)
 
 
+def _resize_needed(h: torch.Tensor, like: torch.Tensor) -> bool:
+    """Whether h must be resized to like's height and width. Always, while exporting to ONNX: the
+    export records one branch, and the graph must serve every input size (pipeline.onnx_backend)."""
+    return torch.onnx.is_in_onnx_export() or h.shape[-2:] != like.shape[-2:]
+
+
 def supports(unet_options: dict) -> bool:
     """True when LeanUnet builds the same network fastai would for these DynamicUnet options."""
     return not any(unet_options.get(k, False) for k in ("blur", "self_attention", "last_cross"))
@@ -92,7 +98,7 @@ class UnetBlock(nn.Module):
 
     def forward(self, up_in: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         up_out = self.shuf(up_in)
-        if up_out.shape[-2:] != skip.shape[-2:]:   # odd sizes: the encoder rounded up when halving
+        if _resize_needed(up_out, skip):   # odd sizes: the encoder rounded up when halving
             up_out = F.interpolate(up_out, skip.shape[-2:], mode="nearest")
         return self.conv2(self.conv1(self.relu(torch.cat([up_out, self.bn(skip)], dim=1))))
 
@@ -125,6 +131,6 @@ class LeanUnet(nn.Module):
         for block, skip in zip(blocks, reversed(skips)):
             h = block(h, skip)
         h = up(h)
-        if h.shape[-2:] != x.shape[-2:]:
+        if _resize_needed(h, x):
             h = F.interpolate(h, x.shape[-2:], mode="nearest")
         return head(h)

@@ -50,7 +50,7 @@ def test_levers_and_precision_check_run(tmp_path):
     rows = lever_table(model, sizes=((64, 48),), batches=(2,), repeats=1, log=lambda msg: None)
     assert [(r["precision"], r["batch"]) for r in rows] == [("fp32", 2), ("bf16", 2)]
     frames = np.random.default_rng(0).integers(0, 256, (2, 48, 64, 3), dtype=np.uint8)
-    check = precision_check(model, frames)
+    check = precision_check(model, frames, backend="torch", precision="bf16")
     assert 0 <= check["max_abs_diff"] <= 1 and 0 <= check["mask_agreement"] <= 1
 
 
