@@ -95,7 +95,9 @@ model: $(BIN)/activate  ## rebuild training data from ../shared and retrain the 
 	$(TRAIN) -o $(RUNS)/stage2.safetensors $(STAGE2_FLAGS) --checkpoint-dir $(RUNS)/checkpoints2 \
 		--from $(RUNS)/stage1.safetensors
 	$(TRAIN) -o $(MODEL) $(STAGE3_FLAGS) --checkpoint-dir $(RUNS)/checkpoints3 --from $(RUNS)/stage2.safetensors
-	$(BLURVID) evaluate $(MODEL) $(DATA_CACHE)/eval/eg1800-test
+	$(BLURVID) export-int8 $(MODEL) --calibration $(DATA_CACHE)/train/images
+	$(BLURVID) evaluate $(MODEL) $(DATA_CACHE)/eval/eg1800-test --backend torch
+	$(BLURVID) evaluate $(MODEL) $(DATA_CACHE)/eval/eg1800-test --backend onnx
 
 clean:  ## remove outputs (keeps data/ and the model)
 	rm -rf output/*

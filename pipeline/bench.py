@@ -134,6 +134,8 @@ def default_cases(shared: Path, cache: Path) -> list[Case]:
         Case("one-by-one@640x360", long_clip, size=(640, 360), reference=False,
              note="--size 640x360 (the reference's output size)"),
         Case("talking-720p", talking, note="s18.mp4, 1280×720, 30 fps"),
+        Case("talking-720p@640x360", talking, size=(640, 360), reference=False,
+             note="--size 640x360: the reference's output size"),
         Case("synthetic-1080p", hd, note="s18 upscaled to 1920×1080, 5 s, AAC"),
         Case("one-by-one-10s", short, reference=False,
              note="first 10 s of one-by-one: peak RSS vs the 139 s run"),
