@@ -79,7 +79,8 @@ class CaseResult:
 
 def make_clip(path: Path, src: Path, *, size: tuple[int, int], seconds: float, fps: int = 30,
               audio: bool = True) -> Path:
-    """A clip of `src`'s first frames scaled to `size` (H.264 + AAC tone): real content at any size."""
+    """A clip of `src`'s frames scaled to `size` (H.264 + AAC tone), `src` looped when it is shorter:
+    real content at any size and length."""
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,12 +93,13 @@ def make_clip(path: Path, src: Path, *, size: tuple[int, int], seconds: float, f
         sound = out.add_stream("aac", rate=48000, layout="stereo") if audio else None
         decoded = inp.decode(video=0)
         written = 0
-        last = None
         while written < frames:
             frame = next(decoded, None)
-            rgb = cv2.resize(frame.to_ndarray(format="rgb24"), size, interpolation=cv2.INTER_CUBIC) \
-                if frame is not None else last   # a short source: hold its last frame
-            last = rgb
+            if frame is None:   # a short source: from the start again
+                inp.seek(0)
+                decoded = inp.decode(video=0)
+                continue
+            rgb = cv2.resize(frame.to_ndarray(format="rgb24"), size, interpolation=cv2.INTER_CUBIC)
             vf = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             vf.pts = written
             out.mux(video.encode(vf))
@@ -124,6 +126,8 @@ def default_cases(shared: Path, cache: Path) -> list[Case]:
     hd = make_clip(cache / "talking-1080p-5s.mp4", talking, size=(1920, 1080), seconds=5)
     short = make_clip(cache / "one-by-one-10s.mp4", long_clip, size=(768, 432), seconds=10, fps=10,
                       audio=False)
+    ten_minutes = make_clip(cache / "one-by-one-10min.mp4", long_clip, size=(768, 432), seconds=600, fps=10,
+                            audio=False)
     return [
         Case("one-by-one", long_clip, note="139 s, 768×432, 10 fps"),
         # the speed levers one at a time (issue #4): without mask reuse, then also in torch
@@ -139,6 +143,8 @@ def default_cases(shared: Path, cache: Path) -> list[Case]:
         Case("synthetic-1080p", hd, note="s18 upscaled to 1920×1080, 5 s, AAC"),
         Case("one-by-one-10s", short, reference=False,
              note="first 10 s of one-by-one: peak RSS vs the 139 s run"),
+        Case("one-by-one-10min", ten_minutes, reference=False,
+             note="one-by-one looped to 10 min: peak RSS vs 10 s"),
     ]
 
 
@@ -370,7 +376,8 @@ def run_bench(cases: list[Case], *, model: Path | None = None, runs: int = 3, re
     if int8_path(model_path).exists():
         checks["int8_vs_fp32"] = precision_check(model_path, small, backend="onnx")
     by_name = {r.name: r for r in results}
-    rss = {n: by_name[n].peak_rss_mb for n in ("one-by-one-10s", "one-by-one") if n in by_name}
+    rss = {n: by_name[n].peak_rss_mb for n in ("one-by-one-10s", "one-by-one", "one-by-one-10min")
+           if n in by_name}
     return {
         "machine": machine_facts(),
         "model": {"path": str(model_path), "trained": trained},
