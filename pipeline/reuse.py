@@ -42,7 +42,6 @@ class MaskReuse:
         self.max_changed, self.level, self.max_run = max_changed, level, max_run
         self._anchor: np.ndarray | None = None
         self._run = 0
-        self.reused = 0   # frames that reused a mask so far
 
     def needs_model(self, small: np.ndarray) -> bool:
         """True when `small` (h, w, 3) uint8 must be segmented; False when the last mask still fits."""
@@ -52,7 +51,6 @@ class MaskReuse:
         if (anchor is not None and anchor.shape == small.shape and self._run < self.max_run
                 and changed_fraction(small, anchor, self.level) < self.max_changed):
             self._run += 1
-            self.reused += 1
             return False
         self._anchor, self._run = small.copy(), 0
         return True
