@@ -199,16 +199,21 @@ def init_worker(threads: int) -> None:
     cv2.setNumThreads(threads)
 
 
-def _segmenter(model_path: Path | None, device: str, model_kwargs: dict[str, Any]) -> Segmenter:
+def worker_model_kwargs(model_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """load_segmenter keywords in a worker process: ONNX Runtime gets the worker's share of the
+    cores too (init_worker gave it to torch), not every core."""
     import torch
 
+    return {"threads": torch.get_num_threads(), **model_kwargs}
+
+
+def _segmenter(model_path: Path | None, device: str, model_kwargs: dict[str, Any]) -> Segmenter:
     from pipeline.segment import load_segmenter
 
+    model_kwargs = worker_model_kwargs(model_kwargs)
     key = (str(model_path), device, tuple(sorted(model_kwargs.items())))
     if key not in _segmenters:
-        # this worker's share of the cores, as init_worker set them
-        _segmenters[key] = load_segmenter(model_path, device=device, threads=torch.get_num_threads(),
-                                          **model_kwargs)
+        _segmenters[key] = load_segmenter(model_path, device=device, **model_kwargs)
     return _segmenters[key]
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.batch import Job, JobResult, init_worker, process_job
+from pipeline.batch import Job, JobResult, init_worker, process_job, worker_model_kwargs
 from pipeline.errors import BlurvidError, ModelError
 
 if TYPE_CHECKING:
@@ -73,11 +73,9 @@ _threads_set = False
 
 
 def _worker_segmenter(blob: dict[str, Any], device: str, model_kwargs: dict[str, Any]) -> Segmenter:
-    import torch
-
     from pipeline.segment import load_segmenter
 
-    model_kwargs = {"threads": torch.get_num_threads(), **model_kwargs}   # the task's CPUs (init_worker)
+    model_kwargs = worker_model_kwargs(model_kwargs)
     key = (blob["sha256"], device, tuple(sorted(model_kwargs.items())))
     if key not in _loaded and not blob["files"]:   # a model by name (deeplabv3): this node's cache
         _loaded[key] = load_segmenter(blob["name"], device=device, **model_kwargs)
