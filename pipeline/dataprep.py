@@ -11,6 +11,7 @@ Writes, under OUT:
 
 Training sources: EG1800 train.txt portraits; CCP-person train.txt photos and upper-body crops of them;
 people pasted onto empty rooms and onto other CCP training photos (whose person stays labelled);
+people pasted onto plain walls and defocused rooms, the backgrounds of most webcam calls;
 frames of the training clips in ../shared/media labelled by the MediaPipe selfie-segmentation teacher
 (../shared/tools/get-teacher.sh, run with ai-edge-litert).
 Nothing from a test.txt or a held-out clip ever reaches train/.
@@ -65,6 +66,7 @@ TRAIN_FRAMES_PER_CLIP = 8     # cap, so the longer clips do not dominate
 EVAL_FRAMES_PER_CLIP = 10
 ROOM_COMPOSITES = 240         # 10 per room
 PHOTO_COMPOSITES = 120        # people pasted onto other CCP training photos (two-person scenes)
+WALL_COMPOSITES = 240         # people pasted onto plain walls and defocused rooms (see plain_wall)
 COLOUR_MATCH = 0.3            # fraction of the lightness/colour-cast gap closed; "lightly"
 
 
@@ -481,6 +483,46 @@ def build_composites(eg1800: Path, ccp: Path, rooms: Path, out: SampleWriter, *,
         out.write(f"comp{kind}_{i:04d}_{dataset}{stem}", com, msk, source=f"composite-{kind}")
 
 
+def plain_wall(rooms: list[Path], rng: np.random.Generator, size: int = 384) -> np.ndarray:
+    """bgr = plain_wall(room_files, rng): a size x size background with almost nothing in it.
+
+    Half are a flat colour with a soft light gradient and sensor noise, half an empty room blurred as a
+    shallow-focus webcam blurs it. Without them the model saw few large flat areas that were not a
+    person's clothing, and it marked plain backdrops (GRID's, a studio wall) as person."""
+    if rng.random() < 0.5:
+        room = cv2.imread(str(rooms[int(rng.integers(len(rooms)))]), cv2.IMREAD_COLOR)
+        room = cv2.resize(room, (size, size), interpolation=cv2.INTER_AREA)
+        return cv2.GaussianBlur(room, (0, 0), sigmaX=rng.uniform(6, 16))
+    hsv = np.uint8([[[rng.integers(0, 180), rng.integers(0, 160), rng.integers(60, 240)]]])
+    colour = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    angle = rng.uniform(0, 2 * np.pi)
+    light = 1 + rng.uniform(0.05, 0.35) * ((xx - 0.5) * np.cos(angle) + (yy - 0.5) * np.sin(angle))
+    wall = colour * light[..., None] + rng.normal(0, rng.uniform(1, 5), (size, size, 3))
+    return np.clip(wall, 0, 255).astype(np.uint8)
+
+
+def build_wall_composites(eg1800: Path, ccp: Path, rooms: Path, out: SampleWriter, *, long_side: int,
+                          n: int = WALL_COMPOSITES) -> None:
+    """Training people pasted onto plain_wall backgrounds; each sample has its own seed (nothing shared
+    with build_composites, so the two stay reproducible apart)."""
+    people = [("eg1800", eg1800, s) for s in read_split(eg1800, "train")] + \
+             [("ccp", ccp, s) for s in read_split(ccp, "train")]
+    room_files = sorted(p for p in rooms.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    for i in range(n):
+        rng = rng_for("composite", "wall", i)
+        dataset, root, stem = people[int(rng.integers(len(people)))]
+        cut = person_cutout(dataset, root, stem, rng)
+        if cut is None:
+            continue
+        wall = plain_wall(room_files, rng)
+        canvas, canvas_msk = random_canvas(wall, np.zeros(wall.shape[:2], np.uint8), canvas_aspect(cut, rng),
+                                           long_side, rng)
+        cut = Cutout(match_colour(cut.fgr, cut.pha, canvas), cut.pha, cut.left, cut.right, cut.bottom)
+        com, msk = paste(canvas, canvas_msk, cut, choose_placement(cut, canvas.shape[:2], rng))
+        out.write(f"compwall_{i:04d}_{dataset}{stem}", com, msk, source="composite-wall")
+
+
 def label_clip(teacher: Teacher, media: Path, clip: str, out: SampleWriter, *, interval: float, cap: int,
                source: str, probs: Path | None = None) -> None:
     """Sampled frames of one clip with the teacher's mask (probability > 0.5); optionally the probability too."""
@@ -533,7 +575,7 @@ def build_test_split(root: Path, dest: Path) -> int:
 
 def build(shared: Path, out: Path, *, max_side: int = 384, quality: int = 90, ccp_full_body: int | None = None,
           teacher_dir: Path | None = DEFAULT_TEACHER_DIR,
-          composites: tuple[int, int] = (ROOM_COMPOSITES, PHOTO_COMPOSITES)) -> dict:
+          composites: tuple[int, int] = (ROOM_COMPOSITES, PHOTO_COMPOSITES), walls: int = WALL_COMPOSITES) -> dict:
     """manifest = build(Path("../shared"), Path("out")): the whole data set; returns the manifest written.
 
     teacher_dir=None skips the teacher-labelled clip frames and held-out frames (tests, no ai-edge-litert).
@@ -550,6 +592,7 @@ def build(shared: Path, out: Path, *, max_side: int = 384, quality: int = 90, cc
     build_eg1800(eg1800, train)
     build_ccp(ccp, train, full_body=ccp_full_body)
     build_composites(eg1800, ccp, rooms, train, long_side=max_side, n_rooms=composites[0], n_photos=composites[1])
+    build_wall_composites(eg1800, ccp, rooms, train, long_side=max_side, n=walls)
     manifest: dict = {"max_side": max_side, "jpeg_quality": quality, "ccp_full_body": ccp_full_body, "seed": SEED,
                       "heldout_clips": list(HELDOUT_CLIPS), "eval_frame_clips": list(EVAL_FRAME_CLIPS)}
     clips: list[str] = []
@@ -571,7 +614,7 @@ def build(shared: Path, out: Path, *, max_side: int = 384, quality: int = 90, cc
         "train_total": sum(train.counts.values()),
         "training_clips": clips,
         "eval_counts": eval_counts,
-        "composites": {"rooms": composites[0], "photos": composites[1], "colour_match": COLOUR_MATCH},
+        "composites": {"rooms": composites[0], "photos": composites[1], "walls": walls, "colour_match": COLOUR_MATCH},
         "licences": "EG1800: research use only (a model trained on it inherits that); see ../shared/*/SOURCES.md",
         "build_seconds": round(time.time() - started, 1),
     })

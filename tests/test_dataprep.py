@@ -70,7 +70,8 @@ def shared(tmp_path: Path) -> Path:
 
 
 def _build(shared: Path, out: Path) -> dict:
-    return dataprep.build(shared, out, max_side=MAX_SIDE, quality=90, teacher_dir=None, composites=(6, 4))
+    return dataprep.build(shared, out, max_side=MAX_SIDE, quality=90, teacher_dir=None, composites=(6, 4),
+                          walls=4)
 
 
 def _pairs(train: Path) -> list[tuple[Path, Path]]:
@@ -129,8 +130,37 @@ def test_build_is_reproducible(shared: Path, tmp_path: Path) -> None:
 
 def test_ccp_full_body_subset(shared: Path, tmp_path: Path) -> None:
     manifest = dataprep.build(shared, tmp_path / "out", max_side=MAX_SIDE, ccp_full_body=2, teacher_dir=None,
-                              composites=(0, 0))
+                              composites=(0, 0), walls=0)
     assert manifest["train_counts"]["ccp"] == 2 and manifest["train_counts"]["ccp-crop"] == 5
+
+
+def test_wall_composites_put_one_labelled_person_on_a_plain_background(shared: Path, tmp_path: Path) -> None:
+    manifest = dataprep.build(shared, tmp_path / "out", max_side=MAX_SIDE, teacher_dir=None, composites=(0, 0),
+                              walls=8)
+    assert manifest["train_counts"]["composite-wall"] == 8
+    pairs = [pair for pair in _pairs(tmp_path / "out" / "train") if pair[0].stem.startswith("compwall_")]
+    assert len(pairs) == 8
+    for img_path, msk_path in pairs:
+        grey = cv2.cvtColor(cv2.imread(str(img_path)), cv2.COLOR_BGR2GRAY)
+        msk = cv2.imread(str(msk_path), cv2.IMREAD_GRAYSCALE)
+        texture = np.abs(cv2.Laplacian(grey.astype(np.float32), cv2.CV_32F))
+        person = cv2.erode(msk, np.ones((3, 3), np.uint8)) > 0
+        backdrop = cv2.dilate(msk, np.ones((7, 7), np.uint8)) == 0
+        assert person.any() and backdrop.any(), img_path.name
+        # the fixture's people are noise; the backdrop must be far smoother, and unlabelled
+        assert texture[backdrop].mean() < 0.25 * texture[person].mean(), img_path.name
+
+
+def test_plain_walls_are_flat_or_defocused(tmp_path: Path) -> None:
+    rooms = [tmp_path / f"busy{i}.png" for i in range(2)]     # all detail, so only defocus can smooth them
+    for i, room in enumerate(rooms):
+        cv2.imwrite(str(room), np.random.default_rng(i).integers(0, 255, (80, 120, 3), dtype=np.uint8))
+    for seed in range(8):
+        wall = dataprep.plain_wall(rooms, np.random.default_rng(seed), size=64)
+        assert wall.shape == (64, 64, 3) and wall.dtype == np.uint8
+        # sensor noise and a gentle light gradient at most: once the noise is smoothed away, no edges
+        smooth = cv2.GaussianBlur(wall.astype(np.float32), (0, 0), 3)
+        assert np.abs(cv2.Laplacian(smooth, cv2.CV_32F)).mean() < 0.2
 
 
 def test_paste_label_is_the_pasted_persons_mask() -> None:
