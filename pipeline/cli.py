@@ -449,6 +449,21 @@ def export_int8(model_path: Path, calibration: Path, count: int) -> None:
 
 
 @main.command()
+@click.argument("models", metavar="MODEL...", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The averaged model (NAME.safetensors + NAME.json).")
+def soup(models: tuple[Path, ...], output: Path) -> None:
+    """Average the weights of models fine-tuned from one parent (a "model soup").
+
+    Give the parent and its fine-tunes: the soup usually scores better than any one of them.
+    Run export-int8 on the result to get its fast CPU copy."""
+    from pipeline.soup import average_models
+
+    click.echo(average_models(models, output))
+
+
+@main.command()
 @click.argument("video", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for the frames (created).")
