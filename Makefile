@@ -79,7 +79,9 @@ $(foreach ext,mp4 mov mkv webm mpg avi,$(eval $(call video_rule,$(ext))))
 bench: $(BIN)/activate  ## benchmark against the reference pipeline (writes output/bench.json)
 	$(BIN)/python -m pipeline.bench --shared $(SHARED) --json output/bench.json
 
-# The shipped model's recipe (MODEL.md): three one-cycle stages, each fine-tuning the one before.
+# The shipped model's recipe (MODEL.md): three one-cycle stages, each fine-tuning the one before, then
+# three short fine-tunes of the last stage (two in a chain, one on its own) and the mean of the four
+# models' weights (`blurvid soup`).
 # Training data and the intermediate stages stay outside the repo, in $(DATA_CACHE) and $(RUNS).
 DATAPREP_FLAGS ?= --max-side 256 --quality 75 --ccp-full-body 300
 RUNS ?= $(HOME)/.cache/blurvid/runs/make-model
@@ -87,6 +89,7 @@ TRAIN := $(BLURVID) train $(DATA_CACHE)/train --bs 16 --work-size 192x112
 STAGE1_FLAGS ?= --epochs 1 --size 112 --lr 4e-3
 STAGE2_FLAGS ?= --epochs 2 --size 96 --lr 1e-3
 STAGE3_FLAGS ?= --epochs 8 --size 128 --lr 1e-3
+FINETUNE_FLAGS ?= --epochs 4 --size 128 --lr 5e-4
 
 model: $(BIN)/activate  ## rebuild training data from ../shared and retrain the default model (hours on CPU)
 	$(SHARED)/tools/get-teacher.sh
@@ -94,7 +97,16 @@ model: $(BIN)/activate  ## rebuild training data from ../shared and retrain the 
 	$(TRAIN) -o $(RUNS)/stage1.safetensors $(STAGE1_FLAGS) --checkpoint-dir $(RUNS)/checkpoints1
 	$(TRAIN) -o $(RUNS)/stage2.safetensors $(STAGE2_FLAGS) --checkpoint-dir $(RUNS)/checkpoints2 \
 		--from $(RUNS)/stage1.safetensors
-	$(TRAIN) -o $(MODEL) $(STAGE3_FLAGS) --checkpoint-dir $(RUNS)/checkpoints3 --from $(RUNS)/stage2.safetensors
+	$(TRAIN) -o $(RUNS)/stage3.safetensors $(STAGE3_FLAGS) --checkpoint-dir $(RUNS)/checkpoints3 \
+		--from $(RUNS)/stage2.safetensors
+	$(TRAIN) -o $(RUNS)/tune-a1.safetensors $(FINETUNE_FLAGS) --checkpoint-dir $(RUNS)/checkpoints-a1 \
+		--from $(RUNS)/stage3.safetensors
+	$(TRAIN) -o $(RUNS)/tune-a2.safetensors $(FINETUNE_FLAGS) --checkpoint-dir $(RUNS)/checkpoints-a2 \
+		--from $(RUNS)/tune-a1.safetensors
+	$(TRAIN) -o $(RUNS)/tune-b1.safetensors $(FINETUNE_FLAGS) --checkpoint-dir $(RUNS)/checkpoints-b1 \
+		--from $(RUNS)/stage3.safetensors
+	$(BLURVID) soup $(RUNS)/stage3.safetensors $(RUNS)/tune-a1.safetensors $(RUNS)/tune-a2.safetensors \
+		$(RUNS)/tune-b1.safetensors -o $(MODEL)
 	$(BLURVID) export-int8 $(MODEL) --calibration $(DATA_CACHE)/train/images
 	$(BLURVID) evaluate $(MODEL) $(DATA_CACHE)/eval/eg1800-test --backend torch
 	$(BLURVID) evaluate $(MODEL) $(DATA_CACHE)/eval/eg1800-test --backend onnx
