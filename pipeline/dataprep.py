@@ -449,15 +449,35 @@ def person_cutout(dataset: str, root: Path, stem: str, rng: np.random.Generator)
     return make_cutout(img, msk)
 
 
+def training_people(eg1800: Path, ccp: Path) -> list[tuple[str, Path, str]]:
+    """(dataset, root, stem) of every train.txt photo whose person may be cut out and pasted."""
+    return [("eg1800", eg1800, s) for s in read_split(eg1800, "train")] + \
+           [("ccp", ccp, s) for s in read_split(ccp, "train")]
+
+
+def room_images(rooms: Path) -> list[Path]:
+    """The background images in `rooms`, sorted; InputError if there are none."""
+    files = sorted(p for p in rooms.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not files:
+        raise InputError(f"{rooms}: no background images")
+    return files
+
+
+def compose(bg: np.ndarray, bg_msk: np.ndarray, cut: Cutout, *, long_side: int,
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """com, msk = compose(bg, bg_msk, cut, long_side=256, rng=rng): a canvas cut from bg, the person
+    lightly colour-matched to it and pasted where a webcam would frame them."""
+    canvas, canvas_msk = random_canvas(bg, bg_msk, canvas_aspect(cut, rng), long_side, rng)
+    cut = Cutout(match_colour(cut.fgr, cut.pha, canvas), cut.pha, cut.left, cut.right, cut.bottom)
+    return paste(canvas, canvas_msk, cut, choose_placement(cut, canvas.shape[:2], rng))
+
+
 def build_composites(eg1800: Path, ccp: Path, rooms: Path, out: SampleWriter, *, long_side: int,
                      n_rooms: int = ROOM_COMPOSITES, n_photos: int = PHOTO_COMPOSITES) -> None:
     """Training people pasted onto the empty rooms, and onto other CCP training photos (two-person scenes)."""
-    people = [("eg1800", eg1800, s) for s in read_split(eg1800, "train")] + \
-             [("ccp", ccp, s) for s in read_split(ccp, "train")]
+    people = training_people(eg1800, ccp)
     scenes = read_split(ccp, "train")
-    room_files = sorted(p for p in rooms.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    if not room_files:
-        raise InputError(f"{rooms}: no background images")
+    room_files = room_images(rooms)
     plan = rng_for("composite-plan")
     jobs = [("room", i) for i in range(n_rooms)] + [("photo", i) for i in range(n_photos)]
     for kind, i in jobs:
@@ -476,10 +496,7 @@ def build_composites(eg1800: Path, ccp: Path, rooms: Path, out: SampleWriter, *,
             if bg_stem == stem and root == ccp:
                 bg_stem = scenes[(scenes.index(bg_stem) + 1) % len(scenes)]   # never the same person twice
             bg, bg_msk = read_pair(ccp, bg_stem)
-        canvas, canvas_msk = random_canvas(bg, bg_msk, canvas_aspect(cut, rng), long_side, rng)
-        fgr = match_colour(cut.fgr, cut.pha, canvas)
-        cut = Cutout(fgr, cut.pha, cut.left, cut.right, cut.bottom)
-        com, msk = paste(canvas, canvas_msk, cut, choose_placement(cut, canvas.shape[:2], rng))
+        com, msk = compose(bg, bg_msk, cut, long_side=long_side, rng=rng)
         out.write(f"comp{kind}_{i:04d}_{dataset}{stem}", com, msk, source=f"composite-{kind}")
 
 
@@ -506,9 +523,8 @@ def build_wall_composites(eg1800: Path, ccp: Path, rooms: Path, out: SampleWrite
                           n: int = WALL_COMPOSITES) -> None:
     """Training people pasted onto plain_wall backgrounds; each sample has its own seed (nothing shared
     with build_composites, so the two stay reproducible apart)."""
-    people = [("eg1800", eg1800, s) for s in read_split(eg1800, "train")] + \
-             [("ccp", ccp, s) for s in read_split(ccp, "train")]
-    room_files = sorted(p for p in rooms.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    people = training_people(eg1800, ccp)
+    room_files = room_images(rooms)
     for i in range(n):
         rng = rng_for("composite", "wall", i)
         dataset, root, stem = people[int(rng.integers(len(people)))]
@@ -516,10 +532,7 @@ def build_wall_composites(eg1800: Path, ccp: Path, rooms: Path, out: SampleWrite
         if cut is None:
             continue
         wall = plain_wall(room_files, rng)
-        canvas, canvas_msk = random_canvas(wall, np.zeros(wall.shape[:2], np.uint8), canvas_aspect(cut, rng),
-                                           long_side, rng)
-        cut = Cutout(match_colour(cut.fgr, cut.pha, canvas), cut.pha, cut.left, cut.right, cut.bottom)
-        com, msk = paste(canvas, canvas_msk, cut, choose_placement(cut, canvas.shape[:2], rng))
+        com, msk = compose(wall, np.zeros(wall.shape[:2], np.uint8), cut, long_side=long_side, rng=rng)
         out.write(f"compwall_{i:04d}_{dataset}{stem}", com, msk, source="composite-wall")
 
 

@@ -37,8 +37,8 @@ def average_models(paths: Sequence[str | Path], output: str | Path) -> Path:
         raise ModelError("a soup needs at least two models")
     models = [load_model(p) for p in paths]
     first_model, first_config = models[0]
-    for path, (_, config) in zip(paths[1:], models[1:]):
-        differs = [key for key in _SAME if getattr(config, key) != getattr(first_config, key)]
+    for path, (_, other) in zip(paths[1:], models[1:]):
+        differs = [key for key in _SAME if getattr(other, key) != getattr(first_config, key)]
         if differs:
             raise ModelError(f"{path}: cannot be averaged with {paths[0]}: its {', '.join(differs)} differ")
     states = [model.state_dict() for model, _ in models]
@@ -51,5 +51,5 @@ def average_models(paths: Sequence[str | Path], output: str | Path) -> Path:
     first_model.load_state_dict(mean)
     config = replace(first_config, metrics={},
                      training={"soup_of": [str(p) for p in paths],
-                               "ingredients": [config.training for _, config in models]})
+                               "ingredients": [other.training for _, other in models]})
     return save_model(first_model, config, output)
