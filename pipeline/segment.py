@@ -372,7 +372,7 @@ def _describe_learner(learn) -> tuple[tuple[str, ...], tuple, tuple, tuple[int, 
     dls = getattr(learn, "dls", None)
     vocab = getattr(dls, "vocab", None)
     classes = tuple(str(c) for c in vocab) if vocab is not None and len(vocab) >= 2 else ("background", "person")
-    mean, std, size = IMAGENET_MEAN, IMAGENET_STD, None
+    mean, std, size = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), None   # no Normalize: the net saw RGB in [0, 1]
     for tfm in getattr(getattr(dls, "after_batch", None), "fs", []):
         if type(tfm).__name__ == "Normalize":
             mean = tuple(float(v) for v in torch.as_tensor(tfm.mean).flatten()[:3])

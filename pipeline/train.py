@@ -27,7 +27,7 @@ import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle)
 from fastai.callback.core import Callback
 from fastai.callback.tracker import SaveModelCallback
 from fastai.data.block import DataBlock
-from fastai.data.transforms import FuncSplitter, RandomSplitter, get_image_files
+from fastai.data.transforms import FuncSplitter, Normalize, RandomSplitter, get_image_files
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import JaccardCoeff
 from fastai.vision.augment import RandomResizedCrop, RandTransform, aug_transforms
@@ -125,8 +125,13 @@ def find_pairs(data: Path) -> list[Path]:
     return sorted(pairs)
 
 
-def make_dataloaders(data: Path, opts: TrainOptions, device: torch.device):
-    """fastai DataLoaders over DATA's image/mask pairs with webcam-minded augmentation."""
+def make_dataloaders(data: Path, opts: TrainOptions, device: torch.device, config: ModelConfig = ModelConfig()):
+    """fastai DataLoaders over DATA's image/mask pairs with webcam-minded augmentation, normalised
+    with `config`'s mean and std: the model must see in training exactly what the Segmenters feed it.
+
+    (fastai's unet_learner adds a Normalize only for pretrained encoders; blurvid's is not pretrained,
+    so the normalisation is added here, where it cannot silently go missing.)
+    """
     if opts.valid_list is not None:
         valid_stems = set(Path(opts.valid_list).read_text().split())
         splitter = FuncSplitter(lambda p: Path(p).stem in valid_stems)
@@ -138,8 +143,9 @@ def make_dataloaders(data: Path, opts: TrainOptions, device: torch.device):
         get_y=MaskFromName(data / "masks"),
         splitter=splitter,
         item_tfms=[WebcamDegrade(p=0.4), RandomResizedCrop(opts.size, min_scale=0.3, ratio=(0.6, 1.7))],
-        batch_tfms=aug_transforms(max_rotate=10, max_zoom=1.1, max_lighting=0.4, max_warp=0.1,
-                                  p_lighting=0.8),
+        batch_tfms=[*aug_transforms(max_rotate=10, max_zoom=1.1, max_lighting=0.4, max_warp=0.1,
+                                    p_lighting=0.8),
+                    Normalize.from_stats(config.mean, config.std)],
     )
     kwargs = {} if opts.num_workers is None else {"num_workers": opts.num_workers}
     return block.dataloaders(data, bs=opts.bs, device=device, seed=opts.seed, **kwargs)
@@ -161,11 +167,11 @@ def train(data: Path, out: Path, opts: TrainOptions = TrainOptions(), *, log=pri
     torch.manual_seed(opts.seed)
     random.seed(opts.seed)
     np.random.seed(opts.seed)
-    dls = make_dataloaders(data, opts, device)
     config = ModelConfig(work_size=opts.work_size)
     if opts.from_model is not None:
         _, base = load_model(opts.from_model)
         config = replace(base, work_size=opts.work_size or base.work_size, metrics={})
+    dls = make_dataloaders(data, opts, device, config)
     learn = unet_learner(dls, resnet18, pretrained=False, n_out=len(CODES),
                          loss_func=CrossEntropyLossFlat(axis=1), metrics=[JaccardCoeff()],
                          path=opts.checkpoint_dir, model_dir=".", **config.unet)

@@ -50,6 +50,34 @@ def test_training_lowers_the_loss_and_writes_a_working_model(tiny, tmp_path):
         assert prob.shape == (1, 48, 64) and np.isfinite(prob).all()
 
 
+@pytest.mark.parametrize("mean, std", [((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),   # a fresh model
+                                       ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))])             # the shipped one
+def test_training_feeds_the_network_what_the_segmenter_feeds_it(tmp_path, mean, std):
+    """The batches a model learns from are normalised with the stats its config tells Segmenters to use."""
+    import torch
+    from torch import nn
+
+    from pipeline.segment import ModelConfig, UnetSegmenter
+    from pipeline.train import TrainOptions, make_dataloaders
+
+    rgb = np.empty((32, 32, 3), np.uint8)
+    rgb[...] = (30, 140, 220)   # one colour, so fastai's crop-and-resize of the item leaves it as it is
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "a.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(tmp_path / "masks" / "a.png"), np.full((32, 32), 255, np.uint8))
+    config = ModelConfig(mean=mean, std=std, work_size=(32, 32))
+    dls = make_dataloaders(tmp_path, TrainOptions(size=32, bs=1, num_workers=0, valid_pct=0.5),
+                           torch.device("cpu"), config)
+    learnt_from = dls.test_dl([tmp_path / "images" / "a.png"]).one_batch()[0]
+
+    fed = []
+    network = nn.Conv2d(3, 2, 1)
+    network.register_forward_pre_hook(lambda module, args: fed.append(args[0].float()))
+    UnetSegmenter(network, config, precision="fp32")(rgb[None])
+    assert torch.allclose(torch.as_tensor(learnt_from).float(), fed[0], atol=1e-4)
+
+
 def test_training_data_must_have_masks(tmp_path):
     from pipeline.train import find_pairs
 
