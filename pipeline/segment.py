@@ -381,8 +381,6 @@ def _describe_learner(learn) -> tuple[tuple[str, ...], tuple, tuple, tuple[int, 
         tfm_size = getattr(tfm, "size", None)
         if tfm_size is not None and len(tfm_size) == 2:
             size = (int(tfm_size[0]), int(tfm_size[1]))   # fastai stores Resize sizes as (w, h)
-    if all(not isinstance(m, (int, float)) for m in mean):
-        mean = IMAGENET_MEAN
     return classes, mean, std, size
 
 
