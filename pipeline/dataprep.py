@@ -64,6 +64,7 @@ DEFAULT_OUT = Path.home() / ".cache" / "blurvid" / "data"
 TRAIN_FRAME_INTERVAL = 0.5    # seconds between sampled training frames: the clips are 1.5-7 s long
 TRAIN_FRAMES_PER_CLIP = 8     # cap, so the longer clips do not dominate
 EVAL_FRAMES_PER_CLIP = 10
+VIDEO_WEIGHT = 4              # the last fine-tune sees each teacher-labelled video frame this often
 ROOM_COMPOSITES = 240         # 10 per room
 PHOTO_COMPOSITES = 120        # people pasted onto other CCP training photos (two-person scenes)
 WALL_COMPOSITES = 240         # people pasted onto plain walls and defocused rooms (see plain_wall)
@@ -557,6 +558,28 @@ def build_clip_frames(teacher: Teacher, media: Path, out: SampleWriter) -> list[
     return clips
 
 
+def build_video_weighted(train: Path, dest: Path, *, weight: int = VIDEO_WEIGHT) -> int:
+    """n = build_video_weighted(out / "train", out / "train-video-weighted"): a view of the training set
+    (symbolic links, no copies) in which each teacher-labelled video frame appears `weight` times.
+
+    The last stage of the default model fine-tunes on it, so the video frames that blurvid's users
+    resemble count as much as the photos do (MODEL.md, stage 10). Returns the number of images."""
+    shutil.rmtree(dest, ignore_errors=True)
+    for sub in ("images", "masks"):
+        (dest / sub).mkdir(parents=True)
+    masks = {p.stem: p for p in (train / "masks").iterdir()}
+    n = 0
+    for img in sorted((train / "images").iterdir()):
+        msk = masks[img.stem]
+        repeats = weight if img.stem.startswith("clip_") else 1
+        for k in range(repeats):
+            stem = img.stem if k == 0 else f"{img.stem}_rep{k}"
+            (dest / "images" / f"{stem}{img.suffix}").symlink_to(img.resolve())
+            (dest / "masks" / f"{stem}{msk.suffix}").symlink_to(msk.resolve())
+            n += 1
+    return n
+
+
 def build_heldout_frames(teacher: Teacher, media: Path, dest: Path, *, quality: int) -> dict[str, int]:
     """EVAL_FRAMES_PER_CLIP evenly spaced, teacher-labelled, full-size frames of each EVAL_FRAME_CLIPS clip."""
     out = SampleWriter(dest, max_side=None, quality=quality)
@@ -599,7 +622,7 @@ def build(shared: Path, out: Path, *, max_side: int = 384, quality: int = 90, cc
     for folder in (eg1800, ccp, rooms):
         if not folder.is_dir():
             raise InputError(f"{folder}: not found; is --shared the shared folder?")
-    for sub in ("train", "eval"):
+    for sub in ("train", "eval", "train-video-weighted"):
         shutil.rmtree(out / sub, ignore_errors=True)
     train = SampleWriter(out / "train", max_side=max_side, quality=quality)
     build_eg1800(eg1800, train)
@@ -614,6 +637,8 @@ def build(shared: Path, out: Path, *, max_side: int = 384, quality: int = 90, cc
         teacher = Teacher(teacher_dir)
         clips = build_clip_frames(teacher, media, train)
         heldout = build_heldout_frames(teacher, media, out / "eval" / "heldout-frames", quality=95)
+        manifest["video_weighted"] = {"weight": VIDEO_WEIGHT, "images": build_video_weighted(
+            out / "train", out / "train-video-weighted")}
         manifest["teacher"] = teacher.describe()
         manifest["teacher_sampling"] = {"train_interval_s": TRAIN_FRAME_INTERVAL, "train_cap": TRAIN_FRAMES_PER_CLIP,
                                         "eval_frames_per_clip": EVAL_FRAMES_PER_CLIP}

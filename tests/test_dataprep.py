@@ -315,3 +315,21 @@ def test_label_clip_writes_binary_teacher_masks(teacher: dataprep.Teacher, tmp_p
         msk = cv2.imread(str(msk_path), cv2.IMREAD_UNCHANGED)
         assert set(np.unique(msk)) <= {0, 255} and msk.shape == cv2.imread(str(img_path)).shape[:2]
     assert sorted(p.name for p in probs.iterdir()) == [f"clip_grid-x_{j:03d}.png" for j in range(3)]
+
+
+def test_video_weighted_view_repeats_only_video_frames(tmp_path: Path) -> None:
+    train = tmp_path / "train"
+    for sub in ("images", "masks"):
+        (train / sub).mkdir(parents=True)
+    for stem in ("eg1800_0001", "clip_grid-x_000"):
+        cv2.imwrite(str(train / "images" / f"{stem}.jpg"), np.zeros((8, 8, 3), np.uint8))
+        cv2.imwrite(str(train / "masks" / f"{stem}.png"), np.full((8, 8), 255, np.uint8))
+    view = tmp_path / "weighted"
+    assert dataprep.build_video_weighted(train, view, weight=3) == 4
+    images = sorted(p.name for p in (view / "images").iterdir())
+    assert images == ["clip_grid-x_000.jpg", "clip_grid-x_000_rep1.jpg", "clip_grid-x_000_rep2.jpg", "eg1800_0001.jpg"]
+    assert sorted(p.stem for p in (view / "masks").iterdir()) == [Path(n).stem for n in images]
+    assert all((view / "images" / n).resolve() == (train / "images" / "clip_grid-x_000.jpg").resolve()
+               for n in images[:3])
+    assert dataprep.build_video_weighted(train, view, weight=1) == 2   # rebuilt, nothing stale left
+    assert len(list((view / "masks").iterdir())) == 2
