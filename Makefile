@@ -88,7 +88,8 @@ bench: $(BIN)/activate  ## benchmark against the reference pipeline (writes outp
 # Training data and the intermediate stages stay outside the repo, in $(DATA_CACHE) and $(RUNS).
 DATAPREP_FLAGS ?= --max-side 256 --quality 75
 RUNS ?= $(HOME)/.cache/blurvid/runs/make-model
-TRAIN := $(BLURVID) train $(DATA_CACHE)/train --bs 16 --work-size 192x112
+TRAIN_FLAGS := --bs 16 --work-size 192x112
+TRAIN := $(BLURVID) train $(DATA_CACHE)/train $(TRAIN_FLAGS)
 STAGE1_FLAGS ?= --epochs 1 --size 112 --lr 4e-3
 STAGE2_FLAGS ?= --epochs 2 --size 96 --lr 1e-3
 STAGE3_FLAGS ?= --epochs 8 --size 128 --lr 1e-3
@@ -121,8 +122,8 @@ model: $(BIN)/activate  ## rebuild training data from ../shared and retrain the 
 	$(BLURVID) soup $(RUNS)/stage7.safetensors $(RUNS)/stage8.safetensors -o $(RUNS)/soup78.safetensors
 	$(TRAIN) -o $(RUNS)/stage9.safetensors $(STAGE9_FLAGS) --checkpoint-dir $(RUNS)/checkpoints9 \
 		--from $(RUNS)/soup78.safetensors
-	$(BLURVID) train $(DATA_CACHE)/train-video-weighted --bs 16 --work-size 192x112 -o $(MODEL) \
-		$(STAGE10_FLAGS) --checkpoint-dir $(RUNS)/checkpoints10 --from $(RUNS)/stage9.safetensors
+	$(BLURVID) train $(DATA_CACHE)/train-video-weighted $(TRAIN_FLAGS) -o $(MODEL) $(STAGE10_FLAGS) \
+		--checkpoint-dir $(RUNS)/checkpoints10 --from $(RUNS)/stage9.safetensors
 	$(BLURVID) export-int8 $(MODEL) --calibration $(DATA_CACHE)/train/images
 	$(BLURVID) evaluate $(MODEL) $(DATA_CACHE)/eval/eg1800-test --backend torch
 	$(BLURVID) evaluate $(MODEL) $(DATA_CACHE)/eval/eg1800-test --backend onnx

@@ -65,6 +65,7 @@ TRAIN_FRAME_INTERVAL = 0.5    # seconds between sampled training frames: the cli
 TRAIN_FRAMES_PER_CLIP = 8     # cap, so the longer clips do not dominate
 EVAL_FRAMES_PER_CLIP = 10
 VIDEO_WEIGHT = 4              # the last fine-tune sees each teacher-labelled video frame this often
+CLIP_PREFIX = "clip_"         # names of the teacher-labelled video frames start with it
 ROOM_COMPOSITES = 240         # 10 per room
 PHOTO_COMPOSITES = 120        # people pasted onto other CCP training photos (two-person scenes)
 WALL_COMPOSITES = 240         # people pasted onto plain walls and defocused rooms (see plain_wall)
@@ -543,7 +544,7 @@ def label_clip(teacher: Teacher, media: Path, clip: str, out: SampleWriter, *, i
     for j, (t, rgb) in enumerate(sample_frames(media / clip, interval=interval, cap=cap)):
         prob = teacher(rgb)
         msk = np.where(prob > TEACHER_THRESHOLD, 255, 0).astype(np.uint8)
-        name = f"clip_{clip_stem(clip)}_{j:03d}"
+        name = f"{CLIP_PREFIX}{clip_stem(clip)}_{j:03d}"
         out.write(name, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), msk, source=source)
         if probs is not None:
             cv2.imwrite(str(probs / f"{name}.png"), np.round(prob * 255).astype(np.uint8))
@@ -563,7 +564,8 @@ def build_video_weighted(train: Path, dest: Path, *, weight: int = VIDEO_WEIGHT)
     (symbolic links, no copies) in which each teacher-labelled video frame appears `weight` times.
 
     The last stage of the default model fine-tunes on it, so the video frames that blurvid's users
-    resemble count as much as the photos do (MODEL.md, stage 10). Returns the number of images."""
+    resemble weigh more than their 4 % share of the images (MODEL.md, stage 10). Returns the number
+    of images."""
     shutil.rmtree(dest, ignore_errors=True)
     for sub in ("images", "masks"):
         (dest / sub).mkdir(parents=True)
@@ -571,7 +573,7 @@ def build_video_weighted(train: Path, dest: Path, *, weight: int = VIDEO_WEIGHT)
     n = 0
     for img in sorted((train / "images").iterdir()):
         msk = masks[img.stem]
-        repeats = weight if img.stem.startswith("clip_") else 1
+        repeats = weight if img.stem.startswith(CLIP_PREFIX) else 1
         for k in range(repeats):
             stem = img.stem if k == 0 else f"{img.stem}_rep{k}"
             (dest / "images" / f"{stem}{img.suffix}").symlink_to(img.resolve())
