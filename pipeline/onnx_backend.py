@@ -7,7 +7,7 @@
 Why: on an avx512_vnni CPU, ONNX Runtime's int8 convolutions run the 192×112 U-Net in about 15 ms
 per frame on one core, against 38 ms for torch under bf16 autocast and 50 ms for ONNX Runtime in
 fp32 (pipeline/bench.py, `blurvid evaluate`). The quantised model is exported from the same fastai
-network and weights; its IoU on the evaluation sets is within 0.6 points (0.006) of the torch model's, and
+network and weights; its IoU on the evaluation sets is within 0.1 points (0.001) of the torch model's, and
 MODEL.md lists both.
 
 How: torch.onnx exports the network with dynamic batch, height and width (every aspect ratio gets
