@@ -100,6 +100,7 @@ STAGE8_FLAGS ?= --epochs 5 --size 128 --lr 1e-3
 STAGE9_FLAGS ?= --epochs 6 --size 128 --lr 3e-4
 STAGE10_FLAGS ?= --epochs 1 --size 128 --lr 1e-4
 STAGE11_FLAGS ?= --epochs 4 --size 128 --lr 3e-4
+STAGE12_FLAGS ?= --epochs 28 --size 128 --lr 3e-4
 TRAIN_VIDEO_WEIGHTED := $(BLURVID) train $(DATA_CACHE)/train-video-weighted $(TRAIN_FLAGS)
 
 model: $(BIN)/activate  ## rebuild training data from ../shared and retrain the default model (hours on CPU)
@@ -129,7 +130,9 @@ model: $(BIN)/activate  ## rebuild training data from ../shared and retrain the 
 		--checkpoint-dir $(RUNS)/checkpoints10 --from $(RUNS)/stage9.safetensors
 	$(TRAIN_VIDEO_WEIGHTED) -o $(RUNS)/stage11.safetensors $(STAGE11_FLAGS) \
 		--checkpoint-dir $(RUNS)/checkpoints11 --from $(RUNS)/stage10.safetensors
-	$(BLURVID) soup $(RUNS)/stage10.safetensors $(RUNS)/stage11.safetensors -o $(MODEL)
+	$(BLURVID) soup $(RUNS)/stage10.safetensors $(RUNS)/stage11.safetensors -o $(RUNS)/soup1011.safetensors
+	$(TRAIN) -o $(MODEL) $(STAGE12_FLAGS) --checkpoint-dir $(RUNS)/checkpoints12 \
+		--from $(RUNS)/soup1011.safetensors
 	$(BLURVID) export-int8 $(MODEL) --calibration $(DATA_CACHE)/train/images
 	$(BLURVID) evaluate $(MODEL) $(DATA_CACHE)/eval/eg1800-test --backend torch
 	$(BLURVID) evaluate $(MODEL) $(DATA_CACHE)/eval/eg1800-test --backend onnx

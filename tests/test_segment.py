@@ -140,8 +140,8 @@ def tiny_dataset(tmp_path):
 def test_default_model_quality_floor(tmp_path):
     """Regression floor for the shipped model on EG1800 test portraits.
 
-    MODEL.md: IoU 0.938 (torch) / 0.938 (int8) on all 264; these first 24 measured 0.920 with the
-    int8 copy that load_segmenter() picks on a CPU. The floor sits 3 points under that.
+    MODEL.md: IoU 0.945 (torch) / 0.944 (int8) on all 264; these first 24 measured 0.927 with the
+    int8 copy that load_segmenter() picks on a CPU. The floor sits about 3 points under that.
     """
     from pipeline.evaluate import evaluate_masks
 
@@ -153,4 +153,4 @@ def test_default_model_quality_floor(tmp_path):
     split.write_text("\n".join(names))
     scores = evaluate_masks(load_segmenter(), eg1800, split=split)
     assert scores.images == 24
-    assert scores.iou > 0.89
+    assert scores.iou > 0.90
