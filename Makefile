@@ -84,8 +84,9 @@ bench: $(BIN)/activate  ## benchmark against the reference pipeline (writes outp
 # models' weights (`blurvid soup`), and 15 epochs more from that mean (stage 7); then 5 epochs more
 # (stage 8), the mean of stages 7 and 8, 6 epochs at a lower rate from it (stage 9), and one epoch
 # on the data with the video frames weighted 4x (stage 10), 4 epochs more on that data (stage 11)
-# and the mean of stages 10 and 11. The runs of stages 8, 9 and 11 also began with one warm-up
-# epoch at a tenth of the rate (`--minutes`); these fixed epoch counts leave it out.
+# and the mean of stages 10 and 11, then 28 epochs from that mean on the plain data (stage 12). The
+# runs of stages 8, 9, 11 and 12 also began with one warm-up epoch at a tenth of the rate
+# (`--minutes`); these fixed epoch counts leave it out.
 # Training data and the intermediate stages stay outside the repo, in $(DATA_CACHE) and $(RUNS).
 DATAPREP_FLAGS ?= --max-side 256 --quality 75
 RUNS ?= $(HOME)/.cache/blurvid/runs/make-model
