@@ -64,7 +64,7 @@ DEFAULT_OUT = Path.home() / ".cache" / "blurvid" / "data"
 TRAIN_FRAME_INTERVAL = 0.5    # seconds between sampled training frames: the clips are 1.5-7 s long
 TRAIN_FRAMES_PER_CLIP = 8     # cap, so the longer clips do not dominate
 EVAL_FRAMES_PER_CLIP = 10
-VIDEO_WEIGHT = 4              # the last two fine-tunes see each teacher-labelled video frame this often
+VIDEO_WEIGHT = 4              # stages 10 and 11 see each teacher-labelled video frame this often
 CLIP_PREFIX = "clip_"         # names of the teacher-labelled video frames start with it
 ROOM_COMPOSITES = 240         # 10 per room
 PHOTO_COMPOSITES = 120        # people pasted onto other CCP training photos (two-person scenes)
@@ -563,8 +563,8 @@ def build_video_weighted(train: Path, dest: Path, *, weight: int = VIDEO_WEIGHT)
     """n = build_video_weighted(out / "train", out / "train-video-weighted"): a view of the training set
     (symbolic links, no copies) in which each teacher-labelled video frame appears `weight` times.
 
-    The last two stages of the default model fine-tune on it, so the video frames that blurvid's
-    users resemble weigh more than their 4 % share of the images (MODEL.md, stages 10 and 11). Returns the number
+    Stages 10 and 11 of the default model fine-tune on it, so the video frames that blurvid's
+    users resemble weigh more than their 4 % share of the images (MODEL.md). Returns the number
     of images."""
     shutil.rmtree(dest, ignore_errors=True)
     for sub in ("images", "masks"):
