@@ -84,9 +84,10 @@ bench: $(BIN)/activate  ## benchmark against the reference pipeline (writes outp
 # models' weights (`blurvid soup`), and 15 epochs more from that mean (stage 7); then 5 epochs more
 # (stage 8), the mean of stages 7 and 8, 6 epochs at a lower rate from it (stage 9), and one epoch
 # on the data with the video frames weighted 4x (stage 10), 4 epochs more on that data (stage 11)
-# and the mean of stages 10 and 11, then 28 epochs from that mean on the plain data (stage 12). The
-# runs of stages 8, 9, 11 and 12 also began with one warm-up epoch at a tenth of the rate
-# (`--minutes`); these fixed epoch counts leave it out.
+# and the mean of stages 10 and 11, then 28 epochs from that mean on the plain data (stage 12), 16
+# epochs more (stage 13) and the mean of stages 12 and 13. The runs of stages 8, 9, 11, 12 and 13
+# also began with one warm-up epoch at a tenth of the rate (`--minutes`); these fixed epoch counts
+# leave it out.
 # Training data and the intermediate stages stay outside the repo, in $(DATA_CACHE) and $(RUNS).
 DATAPREP_FLAGS ?= --max-side 256 --quality 75
 RUNS ?= $(HOME)/.cache/blurvid/runs/make-model
@@ -102,6 +103,7 @@ STAGE9_FLAGS ?= --epochs 6 --size 128 --lr 3e-4
 STAGE10_FLAGS ?= --epochs 1 --size 128 --lr 1e-4
 STAGE11_FLAGS ?= --epochs 4 --size 128 --lr 3e-4
 STAGE12_FLAGS ?= --epochs 28 --size 128 --lr 3e-4
+STAGE13_FLAGS ?= --epochs 16 --size 128 --lr 3e-4
 TRAIN_VIDEO_WEIGHTED := $(BLURVID) train $(DATA_CACHE)/train-video-weighted $(TRAIN_FLAGS)
 
 model: $(BIN)/activate  ## rebuild training data from ../shared and retrain the default model (hours on CPU)
@@ -132,8 +134,11 @@ model: $(BIN)/activate  ## rebuild training data from ../shared and retrain the 
 	$(TRAIN_VIDEO_WEIGHTED) -o $(RUNS)/stage11.safetensors $(STAGE11_FLAGS) \
 		--checkpoint-dir $(RUNS)/checkpoints11 --from $(RUNS)/stage10.safetensors
 	$(BLURVID) soup $(RUNS)/stage10.safetensors $(RUNS)/stage11.safetensors -o $(RUNS)/soup1011.safetensors
-	$(TRAIN) -o $(MODEL) $(STAGE12_FLAGS) --checkpoint-dir $(RUNS)/checkpoints12 \
+	$(TRAIN) -o $(RUNS)/stage12.safetensors $(STAGE12_FLAGS) --checkpoint-dir $(RUNS)/checkpoints12 \
 		--from $(RUNS)/soup1011.safetensors
+	$(TRAIN) -o $(RUNS)/stage13.safetensors $(STAGE13_FLAGS) --checkpoint-dir $(RUNS)/checkpoints13 \
+		--from $(RUNS)/stage12.safetensors
+	$(BLURVID) soup $(RUNS)/stage12.safetensors $(RUNS)/stage13.safetensors -o $(MODEL)
 	$(BLURVID) export-int8 $(MODEL) --calibration $(DATA_CACHE)/train/images
 	$(BLURVID) evaluate $(MODEL) $(DATA_CACHE)/eval/eg1800-test --backend torch
 	$(BLURVID) evaluate $(MODEL) $(DATA_CACHE)/eval/eg1800-test --backend onnx
