@@ -35,19 +35,49 @@ def tiny(tmp_path) -> Path:
     return make_tiny_dataset(tmp_path / "tiny", n=12, size=(64, 48))
 
 
-def test_training_lowers_the_loss_and_writes_a_working_model(tiny, tmp_path):
+@pytest.mark.parametrize("loss", ["ce", "ce+dice"])
+def test_training_lowers_the_loss_and_writes_a_working_model(tiny, tmp_path, loss):
+    from pipeline.segment import load_model
     from pipeline.train import TrainOptions, train
 
-    opts = TrainOptions(epochs=3, size=32, bs=4, lr=1e-3, num_workers=0, work_size=(64, 48),
+    opts = TrainOptions(epochs=3, size=32, bs=4, lr=1e-3, num_workers=0, work_size=(64, 48), loss=loss,
                         checkpoint_dir=tmp_path / "ck", export_pkl=tmp_path / "export.pkl")
     result = train(tiny, tmp_path / "m.safetensors", opts, log=lambda msg: None)
     first, last = np.mean(result.losses[:3]), np.mean(result.losses[-3:])
     assert last < first
+    assert load_model(result.path)[1].training["loss"] == loss
     assert (tmp_path / "ck" / "last.pth").is_file()          # a checkpoint every epoch, to resume
     for model in (result.path, tmp_path / "export.pkl"):
         seg = load_segmenter(model)
         prob = seg(np.zeros((1, 48, 64, 3), np.uint8))
         assert prob.shape == (1, 48, 64) and np.isfinite(prob).all()
+
+
+def test_dice_term_scores_overlap_per_image():
+    """CE + Dice equals cross-entropy plus 1 - soft Dice averaged over images and classes, so a
+    missed small person costs as much Dice as a missed large one, where cross-entropy barely notices."""
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline.train import CrossEntropyDiceLoss
+
+    target = torch.zeros(2, 16, 16, dtype=torch.long)
+    target[0, 4:12, 4:12] = 1          # a large person (64 px)
+    target[1, 7:9, 7:9] = 1            # a small one (4 px)
+    logits = torch.zeros(2, 2, 16, 16)
+    logits[:, 0] = 4.0                 # the network sees nobody in either image
+
+    loss = CrossEntropyDiceLoss()(logits, target)
+    probs = logits.softmax(1)
+    one_hot = F.one_hot(target, 2).permute(0, 3, 1, 2).float()
+    dice = 2 * (probs * one_hot).sum((2, 3)) / (probs + one_hot).sum((2, 3))
+    expected = F.cross_entropy(logits, target) + (1 - dice).mean()
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    person_dice_loss = 1 - dice[:, 1]
+    assert float(person_dice_loss[1]) > 0.95 and float(person_dice_loss[0]) > 0.95
+    small_ce = F.cross_entropy(logits[1:], target[1:])
+    assert float(small_ce) < 0.1 * float(person_dice_loss[1])
+    assert CrossEntropyDiceLoss().decodes(logits).equal(torch.zeros(2, 16, 16, dtype=torch.long))
 
 
 @pytest.mark.parametrize("mean, std", [((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),   # a fresh model
