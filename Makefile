@@ -85,11 +85,15 @@ bench: $(BIN)/activate  ## benchmark against the reference pipeline (writes outp
 # (stage 8), the mean of stages 7 and 8, 6 epochs at a lower rate from it (stage 9), and one epoch
 # on the data with the video frames weighted 4x (stage 10), 4 epochs more on that data (stage 11)
 # and the mean of stages 10 and 11, then 28 epochs from that mean on the plain data (stage 12), 16
-# epochs more (stage 13) and the mean of stages 12 and 13. The runs of stages 8, 9, 11, 12 and 13
-# also began with one warm-up epoch at a tenth of the rate (`--minutes`); these fixed epoch counts
-# leave it out.
-# Training data and the intermediate stages stay outside the repo, in $(DATA_CACHE) and $(RUNS).
+# epochs more (stage 13) and the mean of stages 12 and 13; then, on the same images stored at 384 px
+# and with the cross-entropy + Dice loss, 14 epochs of 160-px crops (stage 14) and 11 of 128-px crops
+# (stage 15, the shipped model). The runs of stages 8, 9, 11, 12 and 13 also began with one warm-up
+# epoch at a tenth of the rate (`--minutes`); these fixed epoch counts leave it out.
+# Training data and the intermediate stages stay outside the repo, in $(DATA_CACHE), $(DATA384_CACHE)
+# and $(RUNS).
 DATAPREP_FLAGS ?= --max-side 256 --quality 75
+DATA384_CACHE ?= $(DATA_CACHE)-384
+DATAPREP384_FLAGS ?= --max-side 384 --quality 90
 RUNS ?= $(HOME)/.cache/blurvid/runs/make-model
 TRAIN_FLAGS := --bs 16 --work-size 192x112
 TRAIN := $(BLURVID) train $(DATA_CACHE)/train $(TRAIN_FLAGS)
@@ -104,11 +108,15 @@ STAGE10_FLAGS ?= --epochs 1 --size 128 --lr 1e-4
 STAGE11_FLAGS ?= --epochs 4 --size 128 --lr 3e-4
 STAGE12_FLAGS ?= --epochs 28 --size 128 --lr 3e-4
 STAGE13_FLAGS ?= --epochs 16 --size 128 --lr 3e-4
+STAGE14_FLAGS ?= --epochs 14 --size 160 --lr 3e-4 --loss ce+dice
+STAGE15_FLAGS ?= --epochs 11 --size 128 --lr 3e-4 --loss ce+dice
+TRAIN384 := $(BLURVID) train $(DATA384_CACHE)/train $(TRAIN_FLAGS)
 TRAIN_VIDEO_WEIGHTED := $(BLURVID) train $(DATA_CACHE)/train-video-weighted $(TRAIN_FLAGS)
 
 model: $(BIN)/activate  ## rebuild training data from ../shared and retrain the default model (hours on CPU)
 	$(SHARED)/tools/get-teacher.sh
 	$(BIN)/python -m pipeline.dataprep --shared $(SHARED) --out $(DATA_CACHE) $(DATAPREP_FLAGS)
+	$(BIN)/python -m pipeline.dataprep --shared $(SHARED) --out $(DATA384_CACHE) $(DATAPREP384_FLAGS)
 	$(TRAIN) -o $(RUNS)/stage1.safetensors $(STAGE1_FLAGS) --checkpoint-dir $(RUNS)/checkpoints1
 	$(TRAIN) -o $(RUNS)/stage2.safetensors $(STAGE2_FLAGS) --checkpoint-dir $(RUNS)/checkpoints2 \
 		--from $(RUNS)/stage1.safetensors
@@ -138,7 +146,11 @@ model: $(BIN)/activate  ## rebuild training data from ../shared and retrain the 
 		--from $(RUNS)/soup1011.safetensors
 	$(TRAIN) -o $(RUNS)/stage13.safetensors $(STAGE13_FLAGS) --checkpoint-dir $(RUNS)/checkpoints13 \
 		--from $(RUNS)/stage12.safetensors
-	$(BLURVID) soup $(RUNS)/stage12.safetensors $(RUNS)/stage13.safetensors -o $(MODEL)
+	$(BLURVID) soup $(RUNS)/stage12.safetensors $(RUNS)/stage13.safetensors -o $(RUNS)/soup1213.safetensors
+	$(TRAIN384) -o $(RUNS)/stage14.safetensors $(STAGE14_FLAGS) --checkpoint-dir $(RUNS)/checkpoints14 \
+		--from $(RUNS)/soup1213.safetensors
+	$(TRAIN384) -o $(MODEL) $(STAGE15_FLAGS) --checkpoint-dir $(RUNS)/checkpoints15 \
+		--from $(RUNS)/stage14.safetensors
 	$(BLURVID) export-int8 $(MODEL) --calibration $(DATA_CACHE)/train/images
 	$(BLURVID) evaluate $(MODEL) $(DATA_CACHE)/eval/eg1800-test --backend torch
 	$(BLURVID) evaluate $(MODEL) $(DATA_CACHE)/eval/eg1800-test --backend onnx
