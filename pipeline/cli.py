@@ -347,6 +347,7 @@ def preview(thumb_dir: Path, columns: int, video: Path | None, source: Path | No
               help="Inference size WxH recorded in the model.")
 @click.option("--bs", type=click.IntRange(min=1), default=16, show_default=True, help="Batch size.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
+# The names of pipeline.train.LOSSES, spelled out so --help need not import fastai.
 @click.option("--loss", type=click.Choice(["ce", "ce+dice"]), default="ce", show_default=True,
               help="Cross-entropy, or cross-entropy plus a soft Dice term that scores overlap like IoU.")
 @click.option("--valid-pct", type=click.FloatRange(0.01, 0.9), default=0.1, show_default=True)
