@@ -87,8 +87,9 @@ bench: $(BIN)/activate  ## benchmark against the reference pipeline (writes outp
 # and the mean of stages 10 and 11, then 28 epochs from that mean on the plain data (stage 12), 16
 # epochs more (stage 13) and the mean of stages 12 and 13; then, on the same images stored at 384 px
 # and with the cross-entropy + Dice loss, 14 epochs of 160-px crops (stage 14), 11 of 128-px crops
-# (stage 15), 4 more (stage 16) and the mean of stages 15 and 16 (the shipped model). The runs of stages 8, 9, 11, 12 and 13 also began with one warm-up
-# epoch at a tenth of the rate (`--minutes`); these fixed epoch counts leave it out.
+# (stage 15), 4 more (stage 16) and the mean of stages 15 and 16 (the shipped model). The runs of
+# stages 8, 9, 11, 12 and 13 also began with one warm-up epoch at a tenth of the rate (`--minutes`);
+# these fixed epoch counts leave it out.
 # Training data and the intermediate stages stay outside the repo, in $(DATA_CACHE), $(DATA384_CACHE)
 # and $(RUNS).
 DATAPREP_FLAGS ?= --max-side 256 --quality 75
