@@ -53,6 +53,15 @@ def test_training_lowers_the_loss_and_writes_a_working_model(tiny, tmp_path, los
         assert prob.shape == (1, 48, 64) and np.isfinite(prob).all()
 
 
+def test_train_cli_offers_exactly_the_losses_train_knows():
+    """cli.py spells out LOSSES' names (so --help need not import fastai); they must not drift apart."""
+    from pipeline.cli import train as train_command
+    from pipeline.train import LOSSES
+
+    loss_option = next(p for p in train_command.params if p.name == "loss")
+    assert sorted(loss_option.type.choices) == sorted(LOSSES)
+
+
 def test_dice_term_scores_overlap_per_image():
     """CE + Dice equals cross-entropy plus 1 - soft Dice averaged over images and classes, so a
     missed small person costs as much Dice as a missed large one, where cross-entropy barely notices."""
