@@ -350,6 +350,9 @@ def preview(thumb_dir: Path, columns: int, video: Path | None, source: Path | No
 # The names of pipeline.train.LOSSES, spelled out so --help need not import fastai.
 @click.option("--loss", type=click.Choice(["ce", "ce+dice"]), default="ce", show_default=True,
               help="Cross-entropy, or cross-entropy plus a soft Dice term that scores overlap like IoU.")
+@click.option("--swa", is_flag=True,
+              help="Stochastic weight averaging: train at a constant --lr and write the mean of every "
+                   "epoch's weights instead of one-cycle's last ones (for fine-tuning with --from).")
 @click.option("--valid-pct", type=click.FloatRange(0.01, 0.9), default=0.1, show_default=True)
 @click.option("--valid-list", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="File of image names (stems) to validate on instead of a random split.")
@@ -363,13 +366,13 @@ def preview(thumb_dir: Path, columns: int, video: Path | None, source: Path | No
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader workers.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 def train(data: Path, output: Path, epochs: int, minutes, size: int, work_size, bs: int, lr: float,
-          loss: str, valid_pct: float, valid_list, from_model, resume: bool, checkpoint_dir, export_pkl,
-          workers, device: str) -> None:
+          loss: str, swa: bool, valid_pct: float, valid_list, from_model, resume: bool, checkpoint_dir,
+          export_pkl, workers, device: str) -> None:
     """Train the person U-Net on DATA (images/ and masks/ with matching names)."""
     from pipeline.train import DEFAULT_CHECKPOINTS, TrainOptions
     from pipeline.train import train as run_training
 
-    opts = TrainOptions(epochs=epochs, minutes=minutes, size=size, bs=bs, lr=lr, loss=loss,
+    opts = TrainOptions(epochs=epochs, minutes=minutes, size=size, bs=bs, lr=lr, loss=loss, swa=swa,
                         valid_pct=valid_pct, valid_list=valid_list, work_size=work_size,
                         from_model=from_model, resume=resume,
                         checkpoint_dir=checkpoint_dir or DEFAULT_CHECKPOINTS,

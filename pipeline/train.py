@@ -6,8 +6,9 @@
 DATA holds images/NAME.{jpg,png} and masks/NAME.png with matching names; mask values 0/255 or 0/1,
 any size. The recipe: fastai DataBlock (ImageBlock + MaskBlock), `unet_learner` over a ResNet18
 with no pretrained weights (none can be downloaded here), webcam-minded augmentation (flips,
-scale/crop, lighting, blur, noise, JPEG), fit_one_cycle, a checkpoint every epoch so a killed run
-resumes, and `from_model` to fine-tune an existing model on a user's own footage.
+scale/crop, lighting, blur, noise, JPEG), fit_one_cycle (or, with `swa`, a constant rate and the
+mean of every epoch's weights), a checkpoint every epoch so a killed run resumes, and `from_model`
+to fine-tune an existing model on a user's own footage.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from fastai.vision.core import PILImage, PILMask
 from fastai.vision.data import ImageBlock, MaskBlock
 from fastai.vision.learner import unet_learner
 from fastai.vision.models import resnet18
+from torch.optim.swa_utils import AveragedModel, update_bn
 from PIL import Image
 
 from pipeline.errors import InputError, ModelError
@@ -65,6 +67,7 @@ class TrainOptions:
     device: str | None = None       # None: CUDA when available
     mixed_precision: bool = True    # bf16 autocast (CUDA, or CPUs with native bf16)
     loss: str = "ce"                # "ce": cross-entropy; "ce+dice": plus a soft Dice term (LOSSES)
+    swa: bool = False               # constant lr, and write the mean of every epoch's weights (WeightAveraging)
 
 
 class CrossEntropyDiceLoss:
@@ -224,8 +227,12 @@ def train(data: Path, out: Path, opts: TrainOptions = TrainOptions(), *, log=pri
     epochs = opts.epochs
     if opts.minutes is not None and not opts.resume:
         epochs = _epochs_within(learn, opts.minutes * 60, opts.lr, log=log)
-    learn.fit_one_cycle(epochs, opts.lr, start_epoch=start_epoch,
-                        cbs=[EpochCheckpoint(opts.checkpoint_dir)])
+    checkpoints = EpochCheckpoint(opts.checkpoint_dir)
+    if opts.swa:
+        learn.fit(epochs, opts.lr, start_epoch=start_epoch,
+                  cbs=[checkpoints, WeightAveraging(opts.checkpoint_dir, resume=opts.resume)])
+    else:
+        learn.fit_one_cycle(epochs, opts.lr, start_epoch=start_epoch, cbs=[checkpoints])
     minutes = (time.time() - started) / 60
     losses = [float(v) for v in learn.recorder.losses]   # validate() below resets the recorder
 
@@ -234,6 +241,7 @@ def train(data: Path, out: Path, opts: TrainOptions = TrainOptions(), *, log=pri
         **({"base": config.training} if config.training else {}),   # what the --from model was trained on
         "data": str(data), "images": len(dls.train_ds) + len(dls.valid_ds),
         "epochs": epochs, "size": opts.size, "bs": opts.bs, "lr": opts.lr, "loss": opts.loss,
+        "schedule": "swa" if opts.swa else "one-cycle",
         "from_model": str(opts.from_model) if opts.from_model else None,
         "minutes": round(minutes, 1), "device": _describe_device(device),
         "valid_loss": round(valid_loss, 4), "valid_iou": round(valid_iou, 4),
@@ -314,6 +322,52 @@ class EpochCheckpoint(SaveModelCallback):
 
     def after_fit(self, **kwargs):
         pass
+
+
+class WeightAveraging(Callback):
+    """Stochastic weight averaging (Izmailov et al., 2018): the model ends as the mean of its weights
+    at every epoch's end, with BatchNorm statistics recomputed for those mean weights.
+
+        learn.fit(12, 1e-4, cbs=[WeightAveraging(checkpoint_dir)])
+
+    Meant for a constant learning rate after a model has converged: each epoch ends at a different
+    point of the same low-loss basin, and their mean lies nearer its centre, which generalises better
+    than any one of them (the uniform "soups" of blurvid's fine-tunes gained the same way). The running
+    mean is saved beside the epoch checkpoint, so a resumed run (`resume=True`) keeps averaging.
+    """
+
+    order = 60   # after the recorder and the checkpoint, like fastai's own SaveModelCallback
+
+    def __init__(self, folder: Path, resume: bool = False):
+        self.path = Path(folder) / "average.pth"
+        self.resume = resume
+
+    def before_fit(self):
+        self.average = AveragedModel(self.learn.model)
+        if self.resume and self.path.is_file():
+            self.average.load_state_dict(torch.load(self.path, map_location="cpu"))
+        self.average.to(next(self.learn.model.parameters()).device)
+
+    def before_epoch(self):
+        self.cancelled = False
+
+    def after_cancel_epoch(self):
+        self.cancelled = True   # an epoch a resumed run skips (fastai still calls after_epoch for it)
+
+    def after_epoch(self):
+        if self.cancelled:
+            return
+        self.average.update_parameters(self.learn.model)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(self.average.state_dict(), self.path)
+
+    def after_fit(self):
+        if int(self.average.n_averaged) == 0:
+            return   # stopped before the first epoch ended: nothing to average
+        self.learn.model.load_state_dict(self.average.module.state_dict())
+        # The running means and variances belong to no epoch's weights; one pass over the training
+        # data measures them for the averaged ones, as torch's SWA recipe prescribes.
+        update_bn(self.dls.train, self.learn.model)
 
 
 def checkpoint_to_model(checkpoint: Path, out: Path, config: ModelConfig = ModelConfig(), **training) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -60,6 +61,40 @@ def test_train_cli_offers_exactly_the_losses_train_knows():
 
     loss_option = next(p for p in train_command.params if p.name == "loss")
     assert sorted(loss_option.type.choices) == sorted(LOSSES)
+
+
+def test_weight_averaging_writes_the_mean_of_each_epochs_weights_across_a_resume(tiny, tmp_path):
+    """--swa: epoch 1 ends, the run is resumed for epoch 2, and the model written is the mean of the
+    two epochs' weights, with BatchNorm statistics measured anew rather than taken from either."""
+    import torch
+
+    from pipeline.segment import load_model
+    from pipeline.train import TrainOptions, train
+
+    opts = TrainOptions(epochs=1, size=32, bs=4, lr=1e-2, num_workers=0, work_size=(64, 48), swa=True,
+                        checkpoint_dir=tmp_path / "ck", mixed_precision=False)
+    train(tiny, tmp_path / "one.safetensors", opts, log=lambda msg: None)
+    first = torch.load(tmp_path / "ck" / "last.pth", weights_only=False)["model"]
+    result = train(tiny, tmp_path / "two.safetensors", replace(opts, epochs=2, resume=True),
+                   log=lambda msg: None)
+    second = torch.load(tmp_path / "ck" / "last.pth", weights_only=False)["model"]
+    assert torch.load(tmp_path / "ck" / "average.pth")["n_averaged"] == 2
+
+    model, config = load_model(result.path)
+    written = model.state_dict()
+    weights = [k for k, v in first.items() if v.is_floating_point() and "running" not in k]
+    bn_means = [k for k in first if k.endswith("running_mean")]
+    assert weights and bn_means
+
+    def squared_distance(a, b):
+        return sum(float(((a[k].float() - b[k].float()) ** 2).sum()) for k in weights)
+
+    mean = {k: (first[k] + second[k]) / 2 for k in weights}
+    half_step = squared_distance(first, mean)   # how far either epoch's weights lie from their mean
+    assert half_step > 0
+    assert squared_distance(written, mean) < 0.01 * half_step   # fp16 storage costs far less than this
+    assert not all(torch.allclose(written[k].float(), second[k], atol=1e-3) for k in bn_means)
+    assert config.training["schedule"] == "swa"
 
 
 def test_dice_term_scores_overlap_per_image():
