@@ -346,7 +346,6 @@ class WeightAveraging(Callback):
         self.average = AveragedModel(self.learn.model)
         if self.resume and self.path.is_file():
             self.average.load_state_dict(torch.load(self.path, map_location="cpu"))
-        self.average.to(next(self.learn.model.parameters()).device)
 
     def before_epoch(self):
         self.cancelled = False
