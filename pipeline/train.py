@@ -336,7 +336,7 @@ class WeightAveraging(Callback):
     mean is saved beside the epoch checkpoint, so a resumed run (`resume=True`) keeps averaging.
     """
 
-    order = 60   # after the recorder and the checkpoint, like fastai's own SaveModelCallback
+    order = 60   # after the Recorder (50), as fastai's own trackers run; it needs no other callback
 
     def __init__(self, folder: Path, resume: bool = False):
         self.path = Path(folder) / "average.pth"
