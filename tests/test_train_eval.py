@@ -65,7 +65,8 @@ def test_train_cli_offers_exactly_the_losses_train_knows():
 
 def test_weight_averaging_writes_the_mean_of_each_epochs_weights_across_a_resume(tiny, tmp_path):
     """--swa: epoch 1 ends, the run is resumed for epoch 2, and the model written is the mean of the
-    two epochs' weights, with BatchNorm statistics measured anew rather than taken from either."""
+    two epochs' weights, with BatchNorm statistics measured anew rather than taken from either; resuming
+    once more with nothing left to train writes that mean again."""
     import torch
 
     from pipeline.segment import load_model
@@ -95,6 +96,13 @@ def test_weight_averaging_writes_the_mean_of_each_epochs_weights_across_a_resume
     assert squared_distance(written, mean) < 0.01 * half_step   # fp16 storage costs far less than this
     assert not all(torch.allclose(written[k].float(), second[k], atol=1e-3) for k in bn_means)
     assert config.training["schedule"] == "swa"
+
+    # A run stopped after its 2nd epoch is finished by resuming it with --epochs 2: no epoch is left
+    # to train, and the mean written is the same one, not averaged again.
+    again = train(tiny, tmp_path / "again.safetensors", replace(opts, epochs=2, resume=True),
+                  log=lambda msg: None)
+    assert torch.load(tmp_path / "ck" / "average.pth")["n_averaged"] == 2
+    assert squared_distance(load_model(again.path)[0].state_dict(), written) < 0.01 * half_step
 
 
 def test_dice_term_scores_overlap_per_image():
