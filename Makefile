@@ -89,7 +89,7 @@ bench: $(BIN)/activate  ## benchmark against the reference pipeline (writes outp
 # and with the cross-entropy + Dice loss, 14 epochs of 160-px crops (stage 14), 11 of 128-px crops
 # (stage 15), 4 more (stage 16), the mean of stages 15 and 16, and from that mean 12 epochs at a
 # constant rate whose mean weights are kept (stage 18, `--swa`), from stage 18 30 more such
-# epochs at twice the rate (stage 19, `--swa`), and from stage 19 19 more at three times the rate
+# epochs at twice its rate (stage 19, `--swa`), and from stage 19 19 more at three times its rate
 # (stage 20, `--swa`: the shipped model). The runs of
 # stages 8, 9, 11, 12 and 13 also began with one warm-up epoch at a tenth of the rate (`--minutes`);
 # these fixed epoch counts leave it out.
