@@ -73,6 +73,25 @@ def test_auto_uses_int8_only_when_it_is_there_and_fresh(exported, tmp_path):
         load_segmenter(stale, backend="onnx")
 
 
+def int8_weight_range(path: Path) -> tuple[int, int]:
+    import onnx
+    from onnx import numpy_helper
+
+    weights = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
+               if t.data_type == onnx.TensorProto.INT8]
+    assert weights, f"{path}: no int8 weights"
+    return min(int(w.min()) for w in weights), max(int(w.max()) for w in weights)
+
+
+@pytest.mark.parametrize("model", ["exported", "shipped"])
+def test_int8_weights_are_7_bit_so_avx2_cpus_do_not_saturate(model, request):
+    """Full-range int8 weights saturate ONNX Runtime's uint8 x int8 products on CPUs without VNNI."""
+    path = int8_path(request.getfixturevalue("exported") if model == "exported" else DEFAULT_MODEL)
+    low, high = int8_weight_range(path)
+    assert -64 <= low and high <= 64
+    assert high - low > 64      # still using the 7-bit range, not collapsed
+
+
 def test_export_needs_calibration_images(tiny_model, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="no images"):
