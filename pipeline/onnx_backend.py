@@ -13,7 +13,10 @@ MODEL.md lists both.
 How: torch.onnx exports the network with dynamic batch, height and width (every aspect ratio gets
 its own working size, process.fit_work_size), ONNX Runtime's `quantize_static` turns it into a QDQ
 graph with per-channel int8 weights (7-bit, see export_int8) and uint8 activations whose ranges
-come from calibration images.
+come from calibration images. Before export the head is fused into the last upsampling
+(unet.LeanUnet.fuse_head) and the pixel shuffles are written as reshapes (unet.ReshapePixelShuffle),
+so that no tensor leaves uint8 between two convolutions: 13–18 % faster per frame on an avx2
+CPU, p(person) within 0.0001 of the earlier export's, the same IoU (MODEL.md).
 The weights' SHA-256 is stored in the ONNX file, so a model retrained after its export is never run
 through a stale int8 copy (load_onnx_segmenter refuses it; segment.load_segmenter falls back to torch).
 """
@@ -134,9 +137,11 @@ def export_int8(weights: str | Path, calibration: str | Path, *, out: str | Path
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
                                           quantize_static)
 
-    from pipeline.segment import load_model
+    from pipeline.segment import fused, load_model
+    from pipeline.unet import shuffles_as_reshapes
 
     model, config = load_model(weights)
+    model = shuffles_as_reshapes(fused(model))
     images = sorted(p for p in Path(calibration).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
         if Path(calibration).is_dir() else []
     if not images:

@@ -286,7 +286,14 @@ def load_segmenter(path: str | Path | None = None, *, device: str = "cpu",
         if onnx is not None:
             return onnx
     model, config = load_model(path)
-    return UnetSegmenter(model, config, device=device, work_size=work_size, precision=precision)
+    return UnetSegmenter(fused(model), config, device=device, work_size=work_size, precision=precision)
+
+
+def fused(model: nn.Module) -> nn.Module:
+    """`model` made faster for inference where pipeline.unet knows how (LeanUnet.fuse_head), same logits."""
+    from pipeline.unet import LeanUnet
+
+    return model.fuse_head() if isinstance(model, LeanUnet) else model
 
 
 def _onnx_segmenter(path: Path, *, device: str, work_size: tuple[int, int] | None, threads: int,

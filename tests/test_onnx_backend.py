@@ -92,6 +92,21 @@ def test_int8_weights_are_7_bit_so_avx2_cpus_do_not_saturate(model, request):
     assert high - low > 64      # still using the 7-bit range, not collapsed
 
 
+@pytest.mark.parametrize("model", ["exported", "shipped"])
+def test_int8_graph_moves_data_in_uint8(model, request):
+    """Every reshape, transpose and resize reads a dequantised tensor, so ONNX Runtime fuses it into a
+    uint8 op; a DepthToSpace (torch's pixel shuffle) would stay in float (unet.ReshapePixelShuffle)."""
+    import onnx
+
+    graph = onnx.load(str(int8_path(request.getfixturevalue("exported") if model == "exported"
+                                    else DEFAULT_MODEL))).graph
+    made_by = {out: node.op_type for node in graph.node for out in node.output}
+    movers = [node for node in graph.node if node.op_type in ("Reshape", "Transpose", "Resize")]
+    assert not [node.name for node in graph.node if node.op_type == "DepthToSpace"]
+    assert len(movers) == 4 * 5      # (reshape, transpose, reshape, resize) for each of the 5 upsamplings
+    assert all(made_by.get(node.input[0]) == "DequantizeLinear" for node in movers)
+
+
 def test_export_needs_calibration_images(tiny_model, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="no images"):

@@ -5,9 +5,10 @@ import sys
 
 import pytest
 import torch
+from torch import nn
 
-from pipeline.segment import ModelConfig, build_unet, load_model, save_model
-from pipeline.unet import LeanUnet, supports
+from pipeline.segment import ModelConfig, UnetSegmenter, build_unet, load_model, load_segmenter, save_model
+from pipeline.unet import LeanUnet, ReshapePixelShuffle, shuffles_as_reshapes, supports
 
 
 def fastai_unet(config: ModelConfig):
@@ -63,3 +64,34 @@ def test_inference_imports_neither_fastai_nor_torchvision():
             "print(','.join(heavy))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("size", [(192, 112), (75, 101)])   # odd sizes: the final resize is not a no-op
+def test_fused_head_gives_the_same_logits(size):
+    torch.manual_seed(2)
+    model = LeanUnet(n_out=2).eval()
+    for p in model.parameters():    # fastai's zero-ish init would hide a wrong fusion behind tiny logits
+        p.data.normal_(0, 0.06)
+    x = torch.randn(2, 3, size[1], size[0])
+    with torch.inference_mode():
+        expected = model(x)
+        model.fuse_head()
+        got = model(x)
+    assert isinstance(model.layers[-1], nn.Identity)          # the head now runs before the shuffle
+    assert model.layers[-3][1].out_channels == 2 * 4
+    assert expected.abs().max() > 1
+    assert got.shape == expected.shape == (2, 2, size[1], size[0])
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+    assert model.fuse_head() is model and isinstance(model.layers[-3][1], nn.Conv2d)   # twice: no change
+
+
+def test_torch_segmenter_runs_the_fused_network(tiny_model):
+    seg = load_segmenter(tiny_model, backend="torch")
+    assert isinstance(seg, UnetSegmenter) and isinstance(seg.model.layers[-1], nn.Identity)
+
+
+def test_reshape_pixel_shuffle_is_pixel_shuffle():
+    x = torch.randn(2, 12, 5, 7)
+    model = shuffles_as_reshapes(nn.Sequential(nn.Identity(), nn.Sequential(nn.PixelShuffle(2))))
+    assert isinstance(model[1][0], ReshapePixelShuffle)
+    assert torch.equal(model(x), nn.PixelShuffle(2)(x))
