@@ -137,11 +137,11 @@ def export_int8(weights: str | Path, calibration: str | Path, *, out: str | Path
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
                                           quantize_static)
 
-    from pipeline.segment import fused, load_model
+    from pipeline.segment import fuse_for_inference, load_model
     from pipeline.unet import shuffles_as_reshapes
 
     model, config = load_model(weights)
-    model = shuffles_as_reshapes(fused(model))
+    model = shuffles_as_reshapes(fuse_for_inference(model))
     images = sorted(p for p in Path(calibration).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
         if Path(calibration).is_dir() else []
     if not images:

@@ -286,10 +286,10 @@ def load_segmenter(path: str | Path | None = None, *, device: str = "cpu",
         if onnx is not None:
             return onnx
     model, config = load_model(path)
-    return UnetSegmenter(fused(model), config, device=device, work_size=work_size, precision=precision)
+    return UnetSegmenter(fuse_for_inference(model), config, device=device, work_size=work_size, precision=precision)
 
 
-def fused(model: nn.Module) -> nn.Module:
+def fuse_for_inference(model: nn.Module) -> nn.Module:
     """`model` made faster for inference where pipeline.unet knows how (LeanUnet.fuse_head), same logits."""
     from pipeline.unet import LeanUnet
 

@@ -11,6 +11,9 @@ This module reproduces, module for module, the network fastai builds for a ResNe
 the options blurvid uses (`blur=False, self_attention=False, last_cross=False`, no norm layers in
 the decoder), so the weights trained with fastai load with strict=True. tests/test_unet.py checks
 that the two give the same logits; any other option set is built by fastai (segment.build_unet).
+For inference, `LeanUnet.fuse_head` moves the 1×1 head ahead of the last pixel shuffle (same
+logits, less work at full size), and `shuffles_as_reshapes` prepares a network for the int8 ONNX
+export (pipeline.onnx_backend).
 """
 
 from __future__ import annotations
