@@ -83,23 +83,25 @@ def int8_weight_range(path: Path) -> tuple[int, int]:
     return min(int(w.min()) for w in weights), max(int(w.max()) for w in weights)
 
 
-@pytest.mark.parametrize("model", ["exported", "shipped"])
-def test_int8_weights_are_7_bit_so_avx2_cpus_do_not_saturate(model, request):
+@pytest.fixture(params=["exported", "shipped"])
+def int8_file(request) -> Path:
+    """The int8 copy of a fresh export and of the shipped model: export_int8 now, and what ships."""
+    return int8_path(request.getfixturevalue("exported") if request.param == "exported" else DEFAULT_MODEL)
+
+
+def test_int8_weights_are_7_bit_so_avx2_cpus_do_not_saturate(int8_file):
     """Full-range int8 weights saturate ONNX Runtime's uint8 x int8 products on CPUs without VNNI."""
-    path = int8_path(request.getfixturevalue("exported") if model == "exported" else DEFAULT_MODEL)
-    low, high = int8_weight_range(path)
+    low, high = int8_weight_range(int8_file)
     assert -64 <= low and high <= 64
     assert high - low > 64      # still using the 7-bit range, not collapsed
 
 
-@pytest.mark.parametrize("model", ["exported", "shipped"])
-def test_int8_graph_moves_data_in_uint8(model, request):
+def test_int8_graph_moves_data_in_uint8(int8_file):
     """Every reshape, transpose and resize reads a dequantised tensor, so ONNX Runtime fuses it into a
     uint8 op; a DepthToSpace (torch's pixel shuffle) would stay in float (unet.ReshapePixelShuffle)."""
     import onnx
 
-    graph = onnx.load(str(int8_path(request.getfixturevalue("exported") if model == "exported"
-                                    else DEFAULT_MODEL))).graph
+    graph = onnx.load(str(int8_file)).graph
     made_by = {out: node.op_type for node in graph.node for out in node.output}
     movers = [node for node in graph.node if node.op_type in ("Reshape", "Transpose", "Resize")]
     assert not [node.name for node in graph.node if node.op_type == "DepthToSpace"]
