@@ -131,6 +131,9 @@ PROCESS_OPTIONS = [
                  metavar="FRACTION",
                  help="Reuse the last mask for a frame where under this fraction of pixels changed since "
                       "the model last ran (at most 3 frames in a row; 0: run the model on every frame)."),
+    click.option("--zoom", is_flag=True,
+                 help="Look closer at the people: the model segments a crop around them instead of the "
+                      "whole frame (sharper masks of small, full-body people; MODEL.md, Person zoom)."),
     click.option("--side-by-side", is_flag=True, help="Show the result and the mask side by side "
                                                        "(the output is twice as wide)."),
     click.option("--size", type=SIZE, default=None, help="Output size WxH (default: the source's)."),
@@ -202,7 +205,7 @@ def process(input_path: Path, output: Path, model_path: Path | None, blur: int, 
             background_fit: str, light_wrap: float, smooth: float, output_alpha: Path | None,
             matte: Path | None, side_by_side: bool, size, work_size,
             crf: int, preset: str, thumb_every: int, batch_size: int, device: str,
-            threads: int | None, precision: str, backend: str, reuse: float, overwrite: bool,
+            threads: int | None, precision: str, backend: str, reuse: float, zoom: bool, overwrite: bool,
             quiet: bool) -> None:
     """Blur or replace the background behind people in INPUT: an H.264 mp4 with INPUT's audio."""
     from tqdm import tqdm
@@ -397,9 +400,9 @@ def train(data: Path, output: Path, epochs: int, minutes, size: int, work_size, 
               help="Model input size WxH instead of the model's own (to trade speed for accuracy).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@process_options_named("backend")
+@process_options_named("backend", "zoom")
 def evaluate(model_path: Path, data: Path | None, split, video, smooth: float, reuse: float, work_size,
-             as_json: bool, device: str, backend: str) -> None:
+             as_json: bool, device: str, backend: str, zoom: bool) -> None:
     """Score MODEL on DATA (images/ + masks/): IoU, MAD, boundary F; flicker with --video.
 
     MODEL is a model file, 'default' for the shipped one, or 'teacher' for the MediaPipe teacher."""
@@ -419,17 +422,17 @@ def evaluate(model_path: Path, data: Path | None, split, video, smooth: float, r
         seg = load_segmenter(None if str(model_path) == "default" else model_path,
                              device=_resolve_device(device), work_size=work_size, backend=backend)
     result: dict = {"model": str(model_path), "backend": getattr(seg, "backend", "torch"),
-                    "work_size": "x".join(map(str, seg.work_size))}
+                    "work_size": "x".join(map(str, seg.work_size)), "zoom": zoom}
     if data is not None:
         with tqdm(unit="image", disable=as_json, desc="evaluate", leave=False) as bar:
-            result.update(vars(evaluate_masks(seg, data, split=split, progress=bar.update)))
+            result.update(vars(evaluate_masks(seg, data, split=split, zoom=zoom, progress=bar.update)))
     if video is not None:
         from pipeline.reuse import MaskReuse
         from pipeline.temporal import TemporalSmoother
 
         result["smooth"], result["reuse"] = smooth, reuse
         result["flicker"] = video_flicker(seg, video, smoother=TemporalSmoother(smooth) if smooth else None,
-                                          reuse=MaskReuse(reuse) if reuse else None)
+                                          reuse=MaskReuse(reuse) if reuse else None, zoom=zoom)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
@@ -489,13 +492,14 @@ def frames(video: Path, output: Path, every: int) -> None:
               help="Folder for the draft masks (PNG, 0/255) and overlays/ previews.")
 @model_option
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-def label(images: Path, output: Path, model_path, device: str) -> None:
+@process_options_named("zoom")
+def label(images: Path, output: Path, model_path, device: str, zoom: bool) -> None:
     """Draft masks for a folder of frames, to correct by hand and then fine-tune with `train --from`."""
     from pipeline.label import draft_masks
     from pipeline.segment import load_segmenter
 
     seg = load_segmenter(model_path, device=_resolve_device(device))
-    written = draft_masks(seg, images, output)
+    written = draft_masks(seg, images, output, zoom=zoom)
     click.echo(f"{output}: {written} masks (previews in {output / 'overlays'})")
 
 
@@ -513,7 +517,8 @@ def label(images: Path, output: Path, model_path, device: str) -> None:
 @click.option("--max-frames", type=click.IntRange(min=1), default=None,
               help="Stop after this many source frames (processed or dropped).")
 @process_options_named("model_path", "blur", "background", "background_fit", "light_wrap", "smooth",
-                       "side_by_side", "size", "work_size", "device", "precision", "backend", "threads")
+                       "side_by_side", "size", "work_size", "zoom", "device", "precision", "backend",
+                       "threads")
 @click.option("-q", "--quiet", is_flag=True, help="No FPS line every 2 s (the summary is still printed).")
 def live(model_path: Path | None, device: str, precision: str, backend: str, threads: int | None,
          quiet: bool, **_: object) -> None:

@@ -4,8 +4,9 @@
     print(scores.iou, scores.mad, scores.boundary_f)
     print(video_flicker(load_segmenter(), Path("talking.mp4")))
 
-Predictions are made the way `blurvid process` makes them: the frame resized to the model's working
-size (fitted to its aspect), the soft mask upsampled edge-aware to the mask's size. Means are over
+Predictions are made the way `blurvid process` makes them: the model looks at the frame resized to
+its working size (fitted to its aspect), and with `zoom` then at a crop around the people it
+found (pipeline.zoom); the soft mask is upsampled edge-aware to the mask's size. Means are over
 images (each image counts once, as in the EG1800 literature).
 """
 
@@ -21,9 +22,9 @@ import numpy as np
 
 from pipeline.composite import upsample_alpha
 from pipeline.errors import InputError
-from pipeline.process import fit_work_size
-from pipeline.segment import Segmenter
+from pipeline.segment import Segmenter, fit_work_size
 from pipeline.video import VideoReader
+from pipeline.zoom import PersonZoom
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -74,12 +75,13 @@ def _edges(mask: np.ndarray) -> np.ndarray:
     return cv2.morphologyEx(m, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
 
 
-def predict_full(segmenter: Segmenter, rgb: np.ndarray) -> np.ndarray:
-    """p(person) for one RGB image at its own size, as `blurvid process` would compute it."""
+def predict_full(segmenter: Segmenter, rgb: np.ndarray, *, zoom: bool = False) -> np.ndarray:
+    """p(person) for one RGB image at its own size, as `blurvid process` would compute it for the
+    first frame of a video (`zoom`: looking closer at the people, pipeline.zoom)."""
     h, w = rgb.shape[:2]
     work = fit_work_size(segmenter.work_size, (w, h))
     small = cv2.resize(rgb, work, interpolation=cv2.INTER_AREA)
-    prob = segmenter(small[None])[0]
+    prob = PersonZoom(segmenter, work)([rgb], [small])[0] if zoom else segmenter(small[None])[0]
     return upsample_alpha(prob, rgb).astype(np.float32) / 255.0
 
 
@@ -100,7 +102,7 @@ def mask_pairs(data: Path, split: Path | None = None) -> list[tuple[Path, Path]]
     return pairs
 
 
-def evaluate_masks(segmenter: Segmenter, data: Path, *, split: Path | None = None,
+def evaluate_masks(segmenter: Segmenter, data: Path, *, split: Path | None = None, zoom: bool = False,
                    progress: Callable[[int], None] | None = None) -> MaskScores:
     """Scores of `segmenter` on DATA's image/mask pairs (see the module docstring)."""
     import time
@@ -117,7 +119,7 @@ def evaluate_masks(segmenter: Segmenter, data: Path, *, split: Path | None = Non
         if rgb.shape[:2] != truth.shape:
             rgb = cv2.resize(rgb, truth.shape[::-1], interpolation=cv2.INTER_AREA)
         t0 = time.perf_counter()
-        prob = predict_full(segmenter, rgb)
+        prob = predict_full(segmenter, rgb, zoom=zoom)
         seconds += time.perf_counter() - t0
         pred = prob > 0.5
         ious.append(iou(pred, truth))
@@ -130,22 +132,24 @@ def evaluate_masks(segmenter: Segmenter, data: Path, *, split: Path | None = Non
 
 
 def video_flicker(segmenter: Segmenter, video: Path, *, max_frames: int | None = 250,
-                  smoother=None, reuse=None) -> float:
+                  smoother=None, reuse=None, zoom: bool = False) -> float:
     """Mean |m_t − m_{t−1}| of the soft mask over consecutive frames (lower is steadier).
 
     Measured at the working size, where the model's own jitter lives. As in `blurvid process`,
     `reuse` (a reuse.MaskReuse), if given, keeps the last mask for near-identical frames, then
-    `smoother` (a temporal.TemporalSmoother), if given, smooths each mask in order.
+    `smoother` (a temporal.TemporalSmoother), if given, smooths each mask in order; `zoom`: the
+    model looks closer at the people (pipeline.zoom).
     """
     diffs, previous, raw = [], None, None
     with VideoReader(video) as reader:
         work = fit_work_size(segmenter.work_size, (reader.info.width, reader.info.height))
+        person_zoom = PersonZoom(segmenter, work) if zoom else None
         for frame in reader:
             if max_frames is not None and frame.index >= max_frames:
                 break
             small = cv2.resize(frame.rgb, work, interpolation=cv2.INTER_AREA)
             if reuse is None or reuse.needs_model(small):   # True for the first frame
-                raw = segmenter(small[None])[0]
+                raw = person_zoom([frame.rgb], [small])[0] if person_zoom else segmenter(small[None])[0]
             prob = raw
             if smoother is not None:
                 prob = smoother(prob)

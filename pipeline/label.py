@@ -33,8 +33,9 @@ def extract_frames(video: Path, dest: Path, *, every: int = 30) -> int:
     return written
 
 
-def draft_masks(segmenter: Segmenter, images: Path, dest: Path) -> int:
-    """Writes dest/NAME.png (0/255) for every image, and dest/overlays/NAME.jpg to check them."""
+def draft_masks(segmenter: Segmenter, images: Path, dest: Path, *, zoom: bool = False) -> int:
+    """Writes dest/NAME.png (0/255) for every image, and dest/overlays/NAME.jpg to check them
+    (`zoom`: the model looks again at a crop around the people, pipeline.zoom)."""
     if not Path(images).is_dir():
         raise InputError(f"{images}: not a folder of images")
     paths = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -45,7 +46,7 @@ def draft_masks(segmenter: Segmenter, images: Path, dest: Path) -> int:
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is None:
             raise InputError(f"{path}: not an image OpenCV can read")
-        prob = predict_full(segmenter, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        prob = predict_full(segmenter, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), zoom=zoom)
         msk = np.where(prob > 0.5, 255, 0).astype(np.uint8)
         cv2.imwrite(str(Path(dest) / f"{path.stem}.png"), msk)
         cv2.imwrite(str(overlays / f"{path.stem}.jpg"), overlay(bgr, msk))

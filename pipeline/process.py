@@ -10,7 +10,6 @@ written under a temporary name and renamed when complete: a failure or Ctrl-C le
 
 from __future__ import annotations
 
-import math
 import queue
 import shutil
 import tempfile
@@ -31,9 +30,10 @@ from pipeline.errors import OutputError
 from pipeline.outputs import open_alpha_output, open_matte_output
 from pipeline.preview import record_videos, thumb_name
 from pipeline.reuse import DEFAULT_MAX_CHANGED, MaskReuse
-from pipeline.segment import Segmenter, load_segmenter
+from pipeline.segment import Segmenter, fit_work_size, load_segmenter
 from pipeline.temporal import TemporalSmoother
 from pipeline.video import Frame, Span, VideoInfo, VideoReader, VideoWriter, atomic_output
+from pipeline.zoom import PersonZoom
 
 QUEUE_FRAMES = 16        # at most this many frames in flight between two stages
 QUEUE_BYTES = 48 << 20   # and at most this much RGB: 16 frames at 720p, 7 at 1080p, 4 at 4K
@@ -63,6 +63,7 @@ class ProcessOptions:
     light_wrap: float = 0.0                   # 0..1: background light spilled over the person's edge
     smooth: float = 0.7                       # 0..1: temporal smoothing of unsure mask pixels; 0: off
     reuse: float = DEFAULT_MAX_CHANGED        # reuse the last mask below this fraction of changed pixels; 0: off
+    zoom: bool = False                        # segment a crop around the people (pipeline.zoom)
     output_alpha: Path | None = None          # also the person with alpha: .mov, .webm or a PNG folder
     matte: Path | None = None                 # also the soft mask as a grey H.264 video
     side_by_side: bool = False                # the output shows result | mask (twice as wide)
@@ -87,20 +88,6 @@ class ProcessReport:
 def thumbs_dir_for(output: Path) -> Path:
     """Where the thumbnails of `output` go: a folder beside it named after it (out.mp4 → out_thumbs/)."""
     return output.with_name(f"{output.stem}_thumbs")
-
-
-def fit_work_size(work_size: tuple[int, int], frame_size: tuple[int, int], multiple: int = 16) -> tuple[int, int]:
-    """The model's pixel budget reshaped to the frame's aspect ratio, in multiples of `multiple`.
-
-    A landscape model size (256×144) becomes 144×256 for a portrait phone video instead of squashing it.
-    """
-    (w, h), (fw, fh) = work_size, frame_size
-    aspect = fw / fh
-    area = w * h
-    new_w = math.sqrt(area * aspect)
-    new_h = area / new_w
-    return (max(multiple, round(new_w / multiple) * multiple),
-            max(multiple, round(new_h / multiple) * multiple))
 
 
 def process_video(src: str | Path, dst: str | Path, options: ProcessOptions = ProcessOptions(), *,
@@ -160,7 +147,8 @@ def process_video(src: str | Path, dst: str | Path, options: ProcessOptions = Pr
             decoded = outputs.enter_context(closing(_threaded(frames, maxsize=in_flight, name="decode")))
             composited = _segment_and_composite(decoded, segmenter, compositor, work_size,
                                                 options.batch_size, report, smoother=smoother,
-                                                reuse=MaskReuse(options.reuse), side_by_side=options.side_by_side)
+                                                reuse=MaskReuse(options.reuse), zoom=options.zoom,
+                                                side_by_side=options.side_by_side)
             encoder = _Encoder(writer, thumbs, report, progress, sinks=sinks, queue_frames=in_flight)
             encoder.run(composited)
         report.thumbs = thumbs.folder if options.thumb_every else None
@@ -187,18 +175,21 @@ def _resized(reader: VideoReader, size: tuple[int, int] | None, report: ProcessR
 def _segment_and_composite(frames: Iterable[Frame], segmenter: Segmenter, compositor: Compositor,
                            work_size: tuple[int, int], batch_size: int,
                            report: ProcessReport, *, smoother: TemporalSmoother | None = None,
-                           reuse: MaskReuse | None = None,
+                           reuse: MaskReuse | None = None, zoom: bool = False,
                            side_by_side: bool = False) -> Iterator[tuple[Frame, np.ndarray, np.ndarray]]:
     """Batches frames through the model, then composites each: yields (frame, com, pha).
 
-    With `reuse`, frames nearly identical to the last one the model saw get its mask instead.
+    With `reuse`, frames nearly identical to the last one the model saw get its mask instead; with
+    `zoom`, the model looks at a crop around the people (pipeline.zoom).
     """
+    person_zoom = PersonZoom(segmenter, work_size) if zoom else None
     last_prob = None
     for batch in _batched(frames, batch_size):
         t0 = time.perf_counter()
         small = [cv2.resize(f.rgb, work_size, interpolation=cv2.INTER_AREA) for f in batch]
         needed = [reuse is None or reuse.needs_model(s) for s in small]
-        fresh = iter(segmenter(np.stack([s for s, n in zip(small, needed) if n])) if any(needed) else ())
+        fresh = iter(_segment([f.rgb for f, n in zip(batch, needed) if n], [s for s, n in zip(small, needed) if n],
+                              segmenter, person_zoom))
         probs = []                                          # [h, w] float32 each
         for need in needed:
             last_prob = next(fresh) if need else last_prob
@@ -212,6 +203,14 @@ def _segment_and_composite(frames: Iterable[Frame], segmenter: Segmenter, compos
                                        side_by_side=side_by_side)
             report.stage_seconds["composite"] += time.perf_counter() - t0
             yield frame, com, pha
+
+
+def _segment(frames: list[np.ndarray], small: list[np.ndarray], segmenter: Segmenter,
+             person_zoom: PersonZoom | None) -> np.ndarray | list:
+    """p(person) on the working grid for full-size `frames` (`small`: the same, resized to it)."""
+    if not frames:
+        return []
+    return person_zoom(frames, small) if person_zoom else segmenter(np.stack(small))
 
 
 def composite_frame(rgb: np.ndarray, prob: np.ndarray, compositor: Compositor, *, index: int,

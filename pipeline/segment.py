@@ -18,6 +18,7 @@ when loaded, so it is only ever loaded when the user names it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import types
@@ -89,6 +90,20 @@ class ModelConfig:
             if key in raw:
                 raw[key] = tuple(raw[key])
         return cls(**raw)
+
+
+def fit_work_size(work_size: tuple[int, int], frame_size: tuple[int, int], multiple: int = 16) -> tuple[int, int]:
+    """The model's pixel budget reshaped to the frame's aspect ratio, in multiples of `multiple`.
+
+    A landscape model size (256×144) becomes 144×256 for a portrait phone video instead of squashing it.
+    """
+    (w, h), (fw, fh) = work_size, frame_size
+    aspect = fw / fh
+    area = w * h
+    new_w = math.sqrt(area * aspect)
+    new_h = area / new_w
+    return (max(multiple, round(new_w / multiple) * multiple),
+            max(multiple, round(new_h / multiple) * multiple))
 
 
 def build_unet(config: ModelConfig) -> nn.Module:
