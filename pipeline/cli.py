@@ -356,7 +356,8 @@ def preview(thumb_dir: Path, columns: int, video: Path | None, source: Path | No
 @click.option("--swa", is_flag=True,
               help="Stochastic weight averaging: train at a constant --lr and write the mean of every "
                    "epoch's weights instead of one-cycle's last ones (for fine-tuning with --from).")
-@click.option("--valid-pct", type=click.FloatRange(0.01, 0.9), default=0.1, show_default=True)
+@click.option("--valid-pct", type=click.FloatRange(0.01, 0.9), default=0.1, show_default=True,
+              help="Share of the images to validate on (at least one image).")
 @click.option("--valid-list", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="File of image names (stems) to validate on instead of a random split.")
 @click.option("--from", "from_model", type=click.Path(path_type=Path), default=None,

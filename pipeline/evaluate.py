@@ -23,7 +23,6 @@ import numpy as np
 from pipeline.composite import upsample_alpha
 from pipeline.errors import InputError
 from pipeline.segment import Segmenter, fit_work_size
-from pipeline.video import VideoReader
 from pipeline.zoom import PersonZoom
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -140,6 +139,8 @@ def video_flicker(segmenter: Segmenter, video: Path, *, max_frames: int | None =
     `smoother` (a temporal.TemporalSmoother), if given, smooths each mask in order; `zoom`: the
     model looks closer at the people (pipeline.zoom).
     """
+    from pipeline.video import VideoReader   # here, so scoring images needs no video library (PyAV)
+
     diffs, previous, raw = [], None, None
     with VideoReader(video) as reader:
         work = fit_work_size(segmenter.work_size, (reader.info.width, reader.info.height))

@@ -156,6 +156,12 @@ def find_pairs(data: Path) -> list[Path]:
     return sorted(pairs)
 
 
+def validation_share(images: int, valid_pct: float) -> float:
+    """The share of `images` to validate on: `valid_pct`, but at least one image where there are two
+    or more, so that a handful of a user's own frames still trains (10 % of 8 would be none)."""
+    return max(valid_pct, 1 / images) if images > 1 else valid_pct
+
+
 def make_dataloaders(data: Path, opts: TrainOptions, device: torch.device, config: ModelConfig = ModelConfig()):
     """fastai DataLoaders over DATA's image/mask pairs with webcam-minded augmentation, normalised
     with `config`'s mean and std: the model must see in training exactly what the Segmenters feed it.
@@ -163,14 +169,15 @@ def make_dataloaders(data: Path, opts: TrainOptions, device: torch.device, confi
     (fastai's unet_learner adds a Normalize only for pretrained encoders; blurvid's is not pretrained,
     so the normalisation is added here, where it cannot silently go missing.)
     """
+    pairs = find_pairs(data)
     if opts.valid_list is not None:
         valid_stems = set(Path(opts.valid_list).read_text().split())
         splitter = FuncSplitter(lambda p: Path(p).stem in valid_stems)
     else:
-        splitter = RandomSplitter(valid_pct=opts.valid_pct, seed=opts.seed)
+        splitter = RandomSplitter(valid_pct=validation_share(len(pairs), opts.valid_pct), seed=opts.seed)
     block = DataBlock(
         blocks=(ImageBlock, MaskBlock(codes=CODES)),
-        get_items=lambda _: find_pairs(data),
+        get_items=lambda _: pairs,
         get_y=MaskFromName(data / "masks"),
         splitter=splitter,
         item_tfms=[WebcamDegrade(p=0.4), RandomResizedCrop(opts.size, min_scale=0.3, ratio=(0.6, 1.7))],
@@ -203,6 +210,9 @@ def train(data: Path, out: Path, opts: TrainOptions = TrainOptions(), *, log=pri
         _, base = load_model(opts.from_model)
         config = replace(base, work_size=opts.work_size or base.work_size, metrics={})
     dls = make_dataloaders(data, opts, device, config)
+    if not len(dls.valid_ds) or not len(dls.train_ds):
+        raise InputError(f"{data}: {len(dls.train_ds)} images to train on and {len(dls.valid_ds)} to "
+                         "validate on; training needs at least one of each (--valid-list, --valid-pct)")
     learn = unet_learner(dls, resnet18, pretrained=False, n_out=len(CODES),
                          loss_func=LOSSES[opts.loss](), metrics=[JaccardCoeff()],
                          path=opts.checkpoint_dir, model_dir=".", **config.unet)

@@ -160,6 +160,37 @@ def test_training_feeds_the_network_what_the_segmenter_feeds_it(tmp_path, mean, 
     assert torch.allclose(torch.as_tensor(learnt_from).float(), fed[0], atol=1e-4)
 
 
+def test_a_handful_of_images_still_trains_with_one_to_validate_on(tmp_path):
+    from pipeline.train import TrainOptions, train, validation_share
+
+    few = make_tiny_dataset(tmp_path / "few", n=5, size=(64, 48))
+    opts = TrainOptions(epochs=1, size=32, bs=2, lr=1e-3, num_workers=0, work_size=(64, 48),
+                        checkpoint_dir=tmp_path / "ck")
+    result = train(few, tmp_path / "m.safetensors", opts, log=lambda msg: None)
+    assert 0 <= result.valid_iou <= 1                       # 10 % of 5 images would validate on none
+    assert validation_share(5, 0.1) == pytest.approx(0.2)
+    assert validation_share(100, 0.1) == pytest.approx(0.1)
+    one = make_tiny_dataset(tmp_path / "one", n=1, size=(64, 48))
+    with pytest.raises(InputError, match="at least one of each"):
+        train(one, tmp_path / "m1.safetensors", opts, log=lambda msg: None)
+
+
+def test_training_and_scoring_images_need_no_video_library(tiny):
+    """A bare GPU machine may have torch and fastai but not PyAV: train and score images there."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['av'] = None\n"           # any `import av` now fails
+            "from pathlib import Path\n"
+            "import pipeline.train\n"
+            "from pipeline.evaluate import evaluate_masks\n"
+            "from pipeline.segment import load_segmenter\n"
+            f"print(evaluate_masks(load_segmenter(backend='torch'), Path({str(tiny)!r})).images)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split()[-1] == "12"
+
+
 def test_training_data_must_have_masks(tmp_path):
     from pipeline.train import find_pairs
 
