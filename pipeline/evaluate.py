@@ -23,7 +23,7 @@ import numpy as np
 from pipeline.composite import upsample_alpha
 from pipeline.errors import InputError
 from pipeline.segment import Segmenter, fit_work_size
-from pipeline.zoom import PersonZoom
+from pipeline.zoom import frame_segmenter
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -80,7 +80,7 @@ def predict_full(segmenter: Segmenter, rgb: np.ndarray, *, zoom: bool = False) -
     h, w = rgb.shape[:2]
     work = fit_work_size(segmenter.work_size, (w, h))
     small = cv2.resize(rgb, work, interpolation=cv2.INTER_AREA)
-    prob = PersonZoom(segmenter, work)([rgb], [small])[0] if zoom else segmenter(small[None])[0]
+    prob = frame_segmenter(segmenter, work, zoom=zoom)([rgb], [small])[0]
     return upsample_alpha(prob, rgb).astype(np.float32) / 255.0
 
 
@@ -144,13 +144,13 @@ def video_flicker(segmenter: Segmenter, video: Path, *, max_frames: int | None =
     diffs, previous, raw = [], None, None
     with VideoReader(video) as reader:
         work = fit_work_size(segmenter.work_size, (reader.info.width, reader.info.height))
-        person_zoom = PersonZoom(segmenter, work) if zoom else None
+        segment = frame_segmenter(segmenter, work, zoom=zoom)
         for frame in reader:
             if max_frames is not None and frame.index >= max_frames:
                 break
             small = cv2.resize(frame.rgb, work, interpolation=cv2.INTER_AREA)
             if reuse is None or reuse.needs_model(small):   # True for the first frame
-                raw = person_zoom([frame.rgb], [small])[0] if person_zoom else segmenter(small[None])[0]
+                raw = segment([frame.rgb], [small])[0]
             prob = raw
             if smoother is not None:
                 prob = smoother(prob)

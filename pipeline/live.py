@@ -36,7 +36,7 @@ from pipeline.process import composite_frame
 from pipeline.segment import Segmenter, fit_work_size, load_segmenter
 from pipeline.temporal import TemporalSmoother
 from pipeline.video import Frame, VideoReader
-from pipeline.zoom import PersonZoom
+from pipeline.zoom import PersonZoom, WholeFrames, frame_segmenter
 
 WINDOW = "blurvid live (q quits)"
 CAMERA_FPS = 30.0   # assumed when a camera or stream does not say
@@ -300,7 +300,7 @@ def run_live(options: LiveOptions = LiveOptions(), *, segmenter: Segmenter | Non
         if segmenter is None:
             segmenter = (load_model or load_segmenter)()
         work_size = options.work_size or fit_work_size(segmenter.work_size, out_size)
-        person_zoom = PersonZoom(segmenter, work_size) if options.zoom else None
+        segment = frame_segmenter(segmenter, work_size, zoom=options.zoom)
 
         slot, stop, counter = LatestFrame(), threading.Event(), [0]
         thread = threading.Thread(target=_capture, name="capture", daemon=True, args=(source, slot, stop),
@@ -322,7 +322,7 @@ def run_live(options: LiveOptions = LiveOptions(), *, segmenter: Segmenter | Non
                         break
                     continue
                 frame, captured = item
-                com = _composite(frame.rgb, frame.index, segmenter, person_zoom, compositor, smoother, out_size,
+                com = _composite(frame.rgb, frame.index, segment, compositor, smoother, out_size,
                                  work_size, options.side_by_side)
                 if send is not None:
                     send(com)
@@ -349,13 +349,13 @@ def run_live(options: LiveOptions = LiveOptions(), *, segmenter: Segmenter | Non
     return report
 
 
-def _composite(rgb: np.ndarray, index: int, segmenter: Segmenter, person_zoom: PersonZoom | None,
+def _composite(rgb: np.ndarray, index: int, segment: PersonZoom | WholeFrames,
                compositor: Compositor, smoother: TemporalSmoother | None, out_size: tuple[int, int],
                work_size: tuple[int, int], side_by_side: bool) -> np.ndarray:
     """One frame through process's stages: resize, segment, smooth, composite (result | mask)."""
     if (rgb.shape[1], rgb.shape[0]) != out_size:
         rgb = cv2.resize(rgb, out_size, interpolation=cv2.INTER_AREA)
     small = cv2.resize(rgb, work_size, interpolation=cv2.INTER_AREA)
-    prob = person_zoom([rgb], [small])[0] if person_zoom else segmenter(small[None])[0]   # [h, w] float32
+    prob = segment([rgb], [small])[0]                    # [h, w] float32
     com, _ = composite_frame(rgb, prob, compositor, index=index, smoother=smoother, side_by_side=side_by_side)
     return com

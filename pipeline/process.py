@@ -33,7 +33,7 @@ from pipeline.reuse import DEFAULT_MAX_CHANGED, MaskReuse
 from pipeline.segment import Segmenter, fit_work_size, load_segmenter
 from pipeline.temporal import TemporalSmoother
 from pipeline.video import Frame, Span, VideoInfo, VideoReader, VideoWriter, atomic_output
-from pipeline.zoom import PersonZoom
+from pipeline.zoom import frame_segmenter
 
 QUEUE_FRAMES = 16        # at most this many frames in flight between two stages
 QUEUE_BYTES = 48 << 20   # and at most this much RGB: 16 frames at 720p, 7 at 1080p, 4 at 4K
@@ -182,14 +182,13 @@ def _segment_and_composite(frames: Iterable[Frame], segmenter: Segmenter, compos
     With `reuse`, frames nearly identical to the last one the model saw get its mask instead; with
     `zoom`, the model looks at a crop around the people (pipeline.zoom).
     """
-    person_zoom = PersonZoom(segmenter, work_size) if zoom else None
+    segment = frame_segmenter(segmenter, work_size, zoom=zoom)
     last_prob = None
     for batch in _batched(frames, batch_size):
         t0 = time.perf_counter()
         small = [cv2.resize(f.rgb, work_size, interpolation=cv2.INTER_AREA) for f in batch]
         needed = [reuse is None or reuse.needs_model(s) for s in small]
-        fresh = iter(_segment([f.rgb for f, n in zip(batch, needed) if n], [s for s, n in zip(small, needed) if n],
-                              segmenter, person_zoom))
+        fresh = iter(segment([f.rgb for f, n in zip(batch, needed) if n], [s for s, n in zip(small, needed) if n]))
         probs = []                                          # [h, w] float32 each
         for need in needed:
             last_prob = next(fresh) if need else last_prob
@@ -203,14 +202,6 @@ def _segment_and_composite(frames: Iterable[Frame], segmenter: Segmenter, compos
                                        side_by_side=side_by_side)
             report.stage_seconds["composite"] += time.perf_counter() - t0
             yield frame, com, pha
-
-
-def _segment(frames: list[np.ndarray], small: list[np.ndarray], segmenter: Segmenter,
-             person_zoom: PersonZoom | None) -> np.ndarray | list:
-    """p(person) on the working grid for full-size `frames` (`small`: the same, resized to it)."""
-    if not frames:
-        return []
-    return person_zoom(frames, small) if person_zoom else segmenter(np.stack(small))
 
 
 def composite_frame(rgb: np.ndarray, prob: np.ndarray, compositor: Compositor, *, index: int,

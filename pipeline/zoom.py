@@ -3,6 +3,7 @@
     zoom = PersonZoom(segmenter, grid=(192, 112))
     probs = zoom(frames)            # full-size RGB frames, in video order -> (n, 112, 192) p(person)
     prob = PersonZoom(segmenter, grid)([image])[0]     # a still image: a fresh PersonZoom each time
+    segment = frame_segmenter(segmenter, grid, zoom=False)   # the same call, whole frames only
 
 The model sees a fixed number of pixels (its working size). Resizing the whole frame to it spends
 most of them on background when the people are small, as in full-body shots; the network then
@@ -88,6 +89,28 @@ def widen(extent: Box, grid: tuple[int, int], margin: float,
     x0, x1 = span(extent.x0, extent.x1, w)
     y0, y1 = span(extent.y0, extent.y1, h)
     return Box(x0, y0, x1, y1)
+
+
+def frame_segmenter(segmenter: Segmenter, grid: tuple[int, int], *, zoom: bool) -> PersonZoom | WholeFrames:
+    """What turns full-size frames into p(person) on `grid`: a PersonZoom, or WholeFrames without zoom.
+    Both are called the same way, so the stages that segment need not ask which."""
+    return PersonZoom(segmenter, grid) if zoom else WholeFrames(segmenter, grid)
+
+
+class WholeFrames:
+    """PersonZoom's call without the zoom: the model looks at each whole frame resized to `grid`."""
+
+    def __init__(self, segmenter: Segmenter, grid: tuple[int, int]) -> None:
+        self.segmenter = segmenter
+        self.grid = grid
+
+    def __call__(self, frames: Sequence[np.ndarray], small: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        """p(person) on the grid for each of `frames`; `small`: the same frames resized to the grid."""
+        if not len(frames):
+            return np.zeros((0, self.grid[1], self.grid[0]), np.float32)
+        if small is None:
+            small = [cv2.resize(f, self.grid, interpolation=cv2.INTER_AREA) for f in frames]
+        return self.segmenter(np.stack(small))
 
 
 class PersonZoom:
