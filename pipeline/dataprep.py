@@ -1,9 +1,11 @@
 """Build the default model's training and evaluation data from ../shared, reproducibly.
 
     python -m pipeline.dataprep --shared ../shared --out ~/.cache/blurvid/data [--max-side 384] [--quality 90]
+        [--image-format webp]
 
 Writes, under OUT:
     train/images/NAME.jpg, train/masks/NAME.png   mask 0/255 uint8, same size as the image, longer side <= max-side
+                                                  (NAME.webp with --image-format webp: 0.6-0.75x the bytes)
     eval/heldout-frames/{images,masks,probs}/     teacher-labelled frames of the held-out clips (full size)
     eval/eg1800-test/{images,masks}/              EG1800 test.txt at full size (images are symlinks)
     eval/ccp-test/{images,masks}/                 CCP-person test.txt at full size (images are symlinks)
@@ -16,7 +18,8 @@ frames of the training clips in ../shared/media labelled by the MediaPipe selfie
 (../shared/tools/get-teacher.sh, run with ai-edge-litert).
 Nothing from a test.txt or a held-out clip ever reaches train/.
 Images are handled as OpenCV BGR uint8 throughout, except where a frame meets the teacher (RGB).
-The packed GPU copy (about 43 MB on disk) was built with --max-side 256 --quality 75 --ccp-full-body 300.
+A copy small enough to carry to a lent GPU machine: --max-side 384 --quality 80 --image-format webp
+(MODEL.md, Training on a GPU).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ HELDOUT_CLIPS: tuple[str, ...] = (
 )
 EVAL_FRAME_CLIPS: tuple[str, ...] = HELDOUT_CLIPS[:6]
 VIDEO_SUFFIXES = (".mp4", ".mpg", ".mkv", ".mov", ".webm", ".avi")
+IMAGE_FORMATS = {"jpg": cv2.IMWRITE_JPEG_QUALITY, "webp": cv2.IMWRITE_WEBP_QUALITY}   # training image encodings
 
 TEACHER_MODELS = {"general": "selfie_segmentation.tflite", "landscape": "selfie_segmentation_landscape.tflite"}
 TEACHER_THRESHOLD = 0.5
@@ -131,20 +135,24 @@ def bbox(msk: np.ndarray) -> tuple[int, int, int, int] | None:
 class SampleWriter:
     """w = SampleWriter(Path("out/train"), max_side=384, quality=90); w.write("eg1800_00001", img, msk).
 
-    Writes images/NAME.jpg and masks/NAME.png (0/255) and counts samples per source prefix."""
+    Writes images/NAME.jpg (or .webp, `image_format`, at the same `quality` scale) and masks/NAME.png
+    (0/255), and counts samples per source prefix."""
 
-    def __init__(self, root: Path, *, max_side: int | None, quality: int):
+    def __init__(self, root: Path, *, max_side: int | None, quality: int, image_format: str = "jpg"):
+        if image_format not in IMAGE_FORMATS:
+            raise ValueError(f"image_format must be one of {tuple(IMAGE_FORMATS)}, not {image_format!r}")
         self.images, self.masks = root / "images", root / "masks"
         self.images.mkdir(parents=True, exist_ok=True)
         self.masks.mkdir(parents=True, exist_ok=True)
-        self.max_side, self.quality = max_side, quality
+        self.max_side, self.quality, self.suffix = max_side, quality, f".{image_format}"
+        self.encode_params = [IMAGE_FORMATS[image_format], quality]
         self.counts: dict[str, int] = {}
 
     def write(self, name: str, img: np.ndarray, msk: np.ndarray, *, source: str) -> None:
         if self.max_side:
             img, msk = fit_max_side(img, msk, self.max_side)
-        if not cv2.imwrite(str(self.images / f"{name}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, self.quality]):
-            raise BlurvidError(f"{self.images}: cannot write {name}.jpg")
+        if not cv2.imwrite(str(self.images / f"{name}{self.suffix}"), img, self.encode_params):
+            raise BlurvidError(f"{self.images}: cannot write {name}{self.suffix}")
         cv2.imwrite(str(self.masks / f"{name}.png"), msk)
         self.counts[source] = self.counts.get(source, 0) + 1
 
@@ -611,7 +619,8 @@ def build_test_split(root: Path, dest: Path) -> int:
 
 # ---------------------------------------------------------------- the whole build
 
-def build(shared: Path, out: Path, *, max_side: int = 384, quality: int = 90, ccp_full_body: int | None = None,
+def build(shared: Path, out: Path, *, max_side: int = 384, quality: int = 90, image_format: str = "jpg",
+          ccp_full_body: int | None = None,
           teacher_dir: Path | None = DEFAULT_TEACHER_DIR,
           composites: tuple[int, int] = (ROOM_COMPOSITES, PHOTO_COMPOSITES), walls: int = WALL_COMPOSITES) -> dict:
     """manifest = build(Path("../shared"), Path("out")): the whole data set; returns the manifest written.
@@ -626,12 +635,13 @@ def build(shared: Path, out: Path, *, max_side: int = 384, quality: int = 90, cc
             raise InputError(f"{folder}: not found; is --shared the shared folder?")
     for sub in ("train", "eval", "train-video-weighted"):
         shutil.rmtree(out / sub, ignore_errors=True)
-    train = SampleWriter(out / "train", max_side=max_side, quality=quality)
+    train = SampleWriter(out / "train", max_side=max_side, quality=quality, image_format=image_format)
     build_eg1800(eg1800, train)
     build_ccp(ccp, train, full_body=ccp_full_body)
     build_composites(eg1800, ccp, rooms, train, long_side=max_side, n_rooms=composites[0], n_photos=composites[1])
     build_wall_composites(eg1800, ccp, rooms, train, long_side=max_side, n=walls)
-    manifest: dict = {"max_side": max_side, "jpeg_quality": quality, "ccp_full_body": ccp_full_body, "seed": SEED,
+    manifest: dict = {"max_side": max_side, "image_format": image_format, "quality": quality,
+                      "ccp_full_body": ccp_full_body, "seed": SEED,
                       "heldout_clips": list(HELDOUT_CLIPS), "eval_frame_clips": list(EVAL_FRAME_CLIPS)}
     clips: list[str] = []
     heldout: dict[str, int] = {}
@@ -664,12 +674,14 @@ def build(shared: Path, out: Path, *, max_side: int = 384, quality: int = 90, cc
 
 def main(argv: list[str] | None = None) -> int:
     """python -m pipeline.dataprep --shared ../shared --out DIR [--max-side 384] [--quality 90]
-    [--ccp-full-body N] [--no-teacher]; returns the exit status (1 on a BlurvidError)."""
+    [--image-format webp] [--ccp-full-body N] [--no-teacher]; returns the exit status (1 on a BlurvidError)."""
     ap = argparse.ArgumentParser(prog="python -m pipeline.dataprep", description=__doc__.splitlines()[0])
     ap.add_argument("--shared", type=Path, default=Path("../shared"), help="the shared folder (datasets/, media/)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     ap.add_argument("--max-side", type=int, default=384, help="longest side of training images (default 384)")
-    ap.add_argument("--quality", type=int, default=90, help="JPEG quality of training images (default 90)")
+    ap.add_argument("--quality", type=int, default=90, help="JPEG or WebP quality of training images (default 90)")
+    ap.add_argument("--image-format", choices=tuple(IMAGE_FORMATS), default="jpg",
+                    help="training images as JPEG (default) or WebP (0.6-0.75x the bytes at the same --quality)")
     ap.add_argument("--ccp-full-body", type=int, default=None, metavar="N",
                     help="keep only N of the CCP full-body photos (fixed seed; default all); crops use all")
     ap.add_argument("--teacher", type=Path, default=DEFAULT_TEACHER_DIR, help="folder with the selfie .tflite models")
@@ -681,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--quality must be 1..100")
     try:
         manifest = build(args.shared, args.out.expanduser(), max_side=args.max_side, quality=args.quality,
-                         ccp_full_body=args.ccp_full_body, teacher_dir=None if args.no_teacher else args.teacher)
+                         image_format=args.image_format, ccp_full_body=args.ccp_full_body, teacher_dir=None if args.no_teacher else args.teacher)
     except BlurvidError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -28,7 +28,7 @@ import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle)
 from fastai.callback.core import Callback
 from fastai.callback.tracker import SaveModelCallback
 from fastai.data.block import DataBlock
-from fastai.data.transforms import FuncSplitter, Normalize, RandomSplitter, get_image_files
+from fastai.data.transforms import FuncSplitter, Normalize, RandomSplitter
 from fastai.losses import CrossEntropyLossFlat, DiceLoss
 from fastai.metrics import JaccardCoeff
 from fastai.vision.augment import RandomResizedCrop, RandTransform, aug_transforms
@@ -40,6 +40,7 @@ from torch.optim.swa_utils import AveragedModel, update_bn
 from PIL import Image
 
 from pipeline.errors import InputError, ModelError
+from pipeline.evaluate import IMAGE_SUFFIXES
 from pipeline.segment import ModelConfig, load_model, save_model
 
 CODES = ["background", "person"]
@@ -150,7 +151,9 @@ def find_pairs(data: Path) -> list[Path]:
     if not images.is_dir() or not masks.is_dir():
         raise InputError(f"{data}: expected a folder with images/ and masks/ inside")
     mask_stems = {p.stem for p in masks.iterdir()}
-    pairs = [p for p in get_image_files(images) if p.stem in mask_stems]
+    # By suffix, not fastai's get_image_files: that asks Python's mimetypes table, which lists .webp
+    # only from Python 3.13 on, or where /etc/mime.types adds it (a bare GPU machine may have neither).
+    pairs = [p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.stem in mask_stems]
     if not pairs:
         raise InputError(f"{data}: no image in images/ has a mask with the same name in masks/")
     return sorted(pairs)

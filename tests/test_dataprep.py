@@ -128,6 +128,28 @@ def test_build_is_reproducible(shared: Path, tmp_path: Path) -> None:
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
 
 
+def test_webp_build_has_the_same_samples_and_trains(shared: Path, tmp_path: Path) -> None:
+    from pipeline.train import find_pairs
+
+    _build(shared, tmp_path / "jpg")
+    manifest = dataprep.build(shared, tmp_path / "webp", max_side=MAX_SIDE, quality=80, image_format="webp",
+                              teacher_dir=None, composites=(6, 4), walls=4)
+    assert manifest["image_format"] == "webp" and manifest["quality"] == 80
+    jpg, webp = tmp_path / "jpg" / "train", tmp_path / "webp" / "train"
+    assert {p.suffix for p in (webp / "images").iterdir()} == {".webp"}
+    assert sorted(p.stem for p in (webp / "images").iterdir()) == sorted(p.stem for p in (jpg / "images").iterdir())
+    for msk in (webp / "masks").iterdir():   # same samples: the masks are lossless and must match exactly
+        assert msk.read_bytes() == (jpg / "masks" / msk.name).read_bytes(), msk.name
+        img = cv2.imread(str(webp / "images" / f"{msk.stem}.webp"))
+        assert img is not None and img.shape[:2] == cv2.imread(str(msk), cv2.IMREAD_GRAYSCALE).shape
+    assert len(find_pairs(webp)) == manifest["train_total"]
+
+
+def test_unknown_image_format_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="image_format"):
+        dataprep.SampleWriter(tmp_path, max_side=64, quality=80, image_format="gif")
+
+
 def test_ccp_full_body_subset(shared: Path, tmp_path: Path) -> None:
     manifest = dataprep.build(shared, tmp_path / "out", max_side=MAX_SIDE, ccp_full_body=2, teacher_dir=None,
                               composites=(0, 0), walls=0)
