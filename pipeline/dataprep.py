@@ -144,7 +144,7 @@ class SampleWriter:
         self.images, self.masks = root / "images", root / "masks"
         self.images.mkdir(parents=True, exist_ok=True)
         self.masks.mkdir(parents=True, exist_ok=True)
-        self.max_side, self.quality, self.suffix = max_side, quality, f".{image_format}"
+        self.max_side, self.suffix = max_side, f".{image_format}"
         self.encode_params = [IMAGE_FORMATS[image_format], quality]
         self.counts: dict[str, int] = {}
 
@@ -620,8 +620,7 @@ def build_test_split(root: Path, dest: Path) -> int:
 # ---------------------------------------------------------------- the whole build
 
 def build(shared: Path, out: Path, *, max_side: int = 384, quality: int = 90, image_format: str = "jpg",
-          ccp_full_body: int | None = None,
-          teacher_dir: Path | None = DEFAULT_TEACHER_DIR,
+          ccp_full_body: int | None = None, teacher_dir: Path | None = DEFAULT_TEACHER_DIR,
           composites: tuple[int, int] = (ROOM_COMPOSITES, PHOTO_COMPOSITES), walls: int = WALL_COMPOSITES) -> dict:
     """manifest = build(Path("../shared"), Path("out")): the whole data set; returns the manifest written.
 
@@ -693,7 +692,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--quality must be 1..100")
     try:
         manifest = build(args.shared, args.out.expanduser(), max_side=args.max_side, quality=args.quality,
-                         image_format=args.image_format, ccp_full_body=args.ccp_full_body, teacher_dir=None if args.no_teacher else args.teacher)
+                         image_format=args.image_format, ccp_full_body=args.ccp_full_body,
+                         teacher_dir=None if args.no_teacher else args.teacher)
     except BlurvidError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
