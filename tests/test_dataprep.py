@@ -128,7 +128,9 @@ def test_build_is_reproducible(shared: Path, tmp_path: Path) -> None:
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
 
 
-def test_webp_build_has_the_same_samples_and_trains(shared: Path, tmp_path: Path) -> None:
+def test_webp_build_has_the_same_samples_and_loads_for_training(shared: Path, tmp_path: Path) -> None:
+    from fastai.vision.core import PILImage
+
     from pipeline.train import find_pairs
 
     _build(shared, tmp_path / "jpg")
@@ -142,7 +144,10 @@ def test_webp_build_has_the_same_samples_and_trains(shared: Path, tmp_path: Path
         assert msk.read_bytes() == (jpg / "masks" / msk.name).read_bytes(), msk.name
         img = cv2.imread(str(webp / "images" / f"{msk.stem}.webp"))
         assert img is not None and img.shape[:2] == cv2.imread(str(msk), cv2.IMREAD_GRAYSCALE).shape
-    assert len(find_pairs(webp)) == manifest["train_total"]
+    pairs = find_pairs(webp)
+    assert len(pairs) == manifest["train_total"]
+    h, w = cv2.imread(str(pairs[0])).shape[:2]
+    assert PILImage.create(pairs[0]).size == (w, h)   # what the training DataBlock opens them with
 
 
 def test_unknown_image_format_is_refused(tmp_path: Path) -> None:
