@@ -356,6 +356,9 @@ def preview(thumb_dir: Path, columns: int, video: Path | None, source: Path | No
 @click.option("--swa", is_flag=True,
               help="Stochastic weight averaging: train at a constant --lr and write the mean of every "
                    "epoch's weights instead of one-cycle's last ones (for fine-tuning with --from).")
+@click.option("--no-geometry", "no_geometry", multiple=True, metavar="PREFIX",
+              help="Images whose names start with PREFIX get no rotation, zoom or warp; the others still "
+                   "do (repeatable; e.g. the default model's street photos: ccp_).")
 @click.option("--valid-pct", type=click.FloatRange(0.01, 0.9), default=0.1, show_default=True,
               help="Share of the images to validate on (at least one image).")
 @click.option("--valid-list", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -370,14 +373,14 @@ def preview(thumb_dir: Path, columns: int, video: Path | None, source: Path | No
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader workers.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 def train(data: Path, output: Path, epochs: int, minutes, size: int, work_size, bs: int, lr: float,
-          loss: str, swa: bool, valid_pct: float, valid_list, from_model, resume: bool, checkpoint_dir,
-          export_pkl, workers, device: str) -> None:
+          loss: str, swa: bool, no_geometry: tuple[str, ...], valid_pct: float, valid_list, from_model,
+          resume: bool, checkpoint_dir, export_pkl, workers, device: str) -> None:
     """Train the person U-Net on DATA (images/ and masks/ with matching names)."""
     from pipeline.train import DEFAULT_CHECKPOINTS, TrainOptions
     from pipeline.train import train as run_training
 
     opts = TrainOptions(epochs=epochs, minutes=minutes, size=size, bs=bs, lr=lr, loss=loss, swa=swa,
-                        valid_pct=valid_pct, valid_list=valid_list, work_size=work_size,
+                        no_geometry=no_geometry, valid_pct=valid_pct, valid_list=valid_list, work_size=work_size,
                         from_model=from_model, resume=resume,
                         checkpoint_dir=checkpoint_dir or DEFAULT_CHECKPOINTS,
                         export_pkl=export_pkl, num_workers=workers, device=_resolve_device(device))

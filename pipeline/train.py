@@ -27,8 +27,8 @@ import fastai.callback.fp16  # noqa: F401  (patches Learner.to_bf16)
 import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle)
 from fastai.callback.core import Callback
 from fastai.callback.tracker import SaveModelCallback
-from fastai.data.block import DataBlock
-from fastai.data.transforms import FuncSplitter, Normalize, RandomSplitter
+from fastai.data.block import DataBlock, TransformBlock
+from fastai.data.transforms import FuncSplitter, IntToFloatTensor, Normalize, RandomSplitter
 from fastai.losses import CrossEntropyLossFlat, DiceLoss
 from fastai.metrics import JaccardCoeff
 from fastai.vision.augment import RandomResizedCrop, RandTransform, aug_transforms
@@ -36,6 +36,7 @@ from fastai.vision.core import PILImage, PILMask
 from fastai.vision.data import ImageBlock, MaskBlock
 from fastai.vision.learner import unet_learner
 from fastai.vision.models import resnet18
+from fasttransform import ItemTransform
 from torch.optim.swa_utils import AveragedModel, update_bn
 from PIL import Image
 
@@ -69,6 +70,7 @@ class TrainOptions:
     mixed_precision: bool = True    # bf16 autocast (CUDA, or CPUs with native bf16)
     loss: str = "ce"                # "ce": cross-entropy; "ce+dice": plus a soft Dice term (LOSSES)
     swa: bool = False               # constant lr, and write the mean of every epoch's weights (WeightAveraging)
+    no_geometry: tuple[str, ...] = ()  # name prefixes of images that get no rotation, zoom or warp (ItemGeometry)
 
 
 class CrossEntropyDiceLoss:
@@ -145,6 +147,59 @@ class WebcamDegrade(RandTransform):
         return PILImage.create(arr)
 
 
+class GeometryImage(PILImage):
+    """An image that ItemGeometry rotates, zooms and warps (see OpenForGeometry)."""
+
+
+class OpenForGeometry:
+    """type_tfms for the image block: opens each image as a GeometryImage unless its file name starts
+    with one of `no_geometry`; those stay plain PILImages, which ItemGeometry passes by.
+
+    A module-level class (not a closure), like MaskFromName, so exported learners unpickle.
+    """
+
+    def __init__(self, no_geometry: tuple[str, ...]):
+        self.no_geometry = tuple(no_geometry)
+
+    def __call__(self, path) -> PILImage:
+        plain = Path(path).name.startswith(self.no_geometry)
+        return (PILImage if plain else GeometryImage).create(path)
+
+
+class ItemGeometry(ItemTransform):
+    """Rotation (±10°), zoom (1–1.1) and a keystone warp (±10 %), each with p 0.75, per item before the
+    crop, on GeometryImages only: what aug_transforms does per batch, but for chosen items.
+
+    Used instead of the batch-level geometry when `--no-geometry` names items that must keep their
+    straight, unzoomed view (stage 25: the CCP street photos; MODEL.md).
+    """
+
+    split_idx, order = 0, 0   # training set only; before WebcamDegrade and RandomResizedCrop
+
+    def encodes(self, item):
+        img, mask = item
+        if not isinstance(img, GeometryImage):
+            return item
+        a, m = np.asarray(img), np.asarray(mask)
+        h, w = m.shape[:2]
+        angle = random.uniform(-10, 10) if random.random() < 0.75 else 0.0
+        zoom = random.uniform(1.0, 1.1) if random.random() < 0.75 else 1.0
+        cx, cy = w * random.uniform(0.4, 0.6), h * random.uniform(0.4, 0.6)
+        affine = np.vstack([cv2.getRotationMatrix2D((cx, cy), angle, zoom), [0, 0, 1]])
+        kx, ky = (random.uniform(-0.1, 0.1) for _ in range(2)) if random.random() < 0.75 else (0.0, 0.0)
+        corners = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+        dx, dy = kx * w / 2, ky * h / 2
+        moved = corners.copy()
+        moved[[0, 1], 0] += [dx, -dx]   # keystone: the top edge narrows (kx > 0) ...
+        moved[[3, 2], 0] += [-dx, dx]   # ... while the bottom widens
+        moved[[0, 3], 1] += [dy, -dy]   # and the left edge against the right
+        moved[[1, 2], 1] += [-dy, dy]
+        matrix = cv2.getPerspectiveTransform(corners, moved) @ affine
+        a = cv2.warpPerspective(a, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        m = cv2.warpPerspective(m, matrix, (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT_101)
+        return PILImage.create(a), PILMask.create(m)
+
+
 def find_pairs(data: Path) -> list[Path]:
     """Images in DATA/images that have a mask in DATA/masks; InputError if there are none."""
     images, masks = data / "images", data / "masks"
@@ -178,14 +233,19 @@ def make_dataloaders(data: Path, opts: TrainOptions, device: torch.device, confi
         splitter = FuncSplitter(lambda p: Path(p).stem in valid_stems)
     else:
         splitter = RandomSplitter(valid_pct=validation_share(len(pairs), opts.valid_pct), seed=opts.seed)
+    crop = [WebcamDegrade(p=0.4), RandomResizedCrop(opts.size, min_scale=0.3, ratio=(0.6, 1.7))]
+    if opts.no_geometry:   # geometry per item, so that the named items can go without it
+        images = TransformBlock(type_tfms=OpenForGeometry(opts.no_geometry), batch_tfms=IntToFloatTensor)
+        item_tfms, geometry = [ItemGeometry(), *crop], dict(max_rotate=0, max_zoom=1.0, max_warp=0)
+    else:
+        images, item_tfms, geometry = ImageBlock, crop, dict(max_rotate=10, max_zoom=1.1, max_warp=0.1)
     block = DataBlock(
-        blocks=(ImageBlock, MaskBlock(codes=CODES)),
+        blocks=(images, MaskBlock(codes=CODES)),
         get_items=lambda _: pairs,
         get_y=MaskFromName(data / "masks"),
         splitter=splitter,
-        item_tfms=[WebcamDegrade(p=0.4), RandomResizedCrop(opts.size, min_scale=0.3, ratio=(0.6, 1.7))],
-        batch_tfms=[*aug_transforms(max_rotate=10, max_zoom=1.1, max_lighting=0.4, max_warp=0.1,
-                                    p_lighting=0.8),
+        item_tfms=item_tfms,
+        batch_tfms=[*aug_transforms(**geometry, max_lighting=0.4, p_lighting=0.8),
                     Normalize.from_stats(config.mean, config.std)],
     )
     kwargs = {} if opts.num_workers is None else {"num_workers": opts.num_workers}

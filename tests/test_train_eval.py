@@ -54,6 +54,72 @@ def test_training_lowers_the_loss_and_writes_a_working_model(tiny, tmp_path, los
         assert prob.shape == (1, 48, 64) and np.isfinite(prob).all()
 
 
+def _prefix_half(data: Path, prefix: str) -> set[str]:
+    """Renames the first half of DATA's image/mask pairs to PREFIX + name; returns the new stems."""
+    renamed = set()
+    for img in sorted((data / "images").iterdir())[: len(list((data / "images").iterdir())) // 2]:
+        msk = data / "masks" / f"{img.stem}.png"
+        img.rename(img.with_name(prefix + img.name))
+        msk.rename(msk.with_name(prefix + msk.name))
+        renamed.add(prefix + img.stem)
+    return renamed
+
+
+def test_no_geometry_opens_only_the_other_images_for_item_geometry(tiny):
+    import torch
+
+    from pipeline.train import GeometryImage, TrainOptions, make_dataloaders
+
+    plain = _prefix_half(tiny, "street_")
+    opts = TrainOptions(size=32, bs=4, num_workers=0, valid_pct=0.25, no_geometry=("street_",))
+    dls = make_dataloaders(tiny, opts, torch.device("cpu"))
+    items = list(dls.train.items) + list(dls.valid.items)
+    assert len(items) == 12
+    for path in items:
+        img = dls.train.dataset.tfms[0](path)   # the image pipeline: how the DataBlock opens it
+        assert isinstance(img, GeometryImage) == (Path(path).stem not in plain), path
+
+
+def test_item_geometry_moves_image_and_mask_together_and_passes_plain_images_by():
+    import random
+
+    from fastai.vision.core import PILImage, PILMask
+
+    from pipeline.train import GeometryImage, ItemGeometry
+
+    msk = np.zeros((96, 128), np.uint8)
+    cv2.rectangle(msk, (40, 20), (80, 90), 255, -1)
+    rgb = np.zeros((96, 128, 3), np.uint8)
+    rgb[msk > 0] = (220, 60, 60)
+    geometry = ItemGeometry()
+    moved = 0
+    for seed in range(8):
+        random.seed(seed)
+        img, out = geometry((GeometryImage.create(rgb), PILMask.create(msk)), split_idx=0)
+        img, out = np.asarray(img), np.asarray(out) > 0
+        moved += (out != (msk > 0)).mean() > 0.005
+        assert iou(img[..., 0] > 110, out) > 0.95          # the person in the image is the mask's person
+    assert moved >= 6                                       # p 0.75 each for rotation, zoom and warp
+    for seed in range(8):                                   # the same draws leave a plain PILImage alone
+        random.seed(seed)
+        img, out = geometry((PILImage.create(rgb), PILMask.create(msk)), split_idx=0)
+        assert (np.asarray(img) == rgb).all() and (np.asarray(out) == msk).all()
+
+
+def test_training_without_geometry_for_some_images_exports(tiny, tmp_path):
+    """--no-geometry takes the per-item path; the learner it trains still exports and loads."""
+    from pipeline.train import TrainOptions, train
+
+    _prefix_half(tiny, "street_")
+    opts = TrainOptions(epochs=1, size=32, bs=4, lr=1e-3, num_workers=0, work_size=(64, 48),
+                        no_geometry=("street_",), checkpoint_dir=tmp_path / "ck",
+                        export_pkl=tmp_path / "export.pkl")
+    result = train(tiny, tmp_path / "m.safetensors", opts, log=lambda msg: None)
+    for model in (result.path, tmp_path / "export.pkl"):
+        prob = load_segmenter(model)(np.zeros((1, 48, 64, 3), np.uint8))
+        assert prob.shape == (1, 48, 64) and np.isfinite(prob).all()
+
+
 def test_train_cli_offers_exactly_the_losses_train_knows():
     """cli.py spells out LOSSES' names (so --help need not import fastai); they must not drift apart."""
     from pipeline.cli import train as train_command
