@@ -119,6 +119,8 @@ STAGE16_FLAGS ?= --epochs 4 --size 128 --lr 3e-4 --loss ce+dice
 STAGE18_FLAGS ?= --epochs 12 --size 128 --lr 1e-4 --loss ce+dice --swa
 STAGE19_FLAGS ?= --epochs 30 --size 128 --lr 2e-4 --loss ce+dice --swa
 STAGE20_FLAGS ?= --epochs 19 --size 128 --lr 3e-4 --loss ce+dice --swa
+STAGE25_FLAGS ?= --epochs 9 --size 128 --lr 2e-4 --loss ce+dice --swa \
+	--no-geometry ccp_ --no-geometry ccpcrop_ --no-geometry compphoto_
 TRAIN384 := $(BLURVID) train $(DATA384_CACHE)/train $(TRAIN_FLAGS)
 TRAIN_VIDEO_WEIGHTED := $(BLURVID) train $(DATA_CACHE)/train-video-weighted $(TRAIN_FLAGS)
 
@@ -167,8 +169,11 @@ model: $(BIN)/activate  ## rebuild training data from ../shared and retrain the 
 		--from $(RUNS)/soup1516.safetensors
 	$(TRAIN384) -o $(RUNS)/stage19.safetensors $(STAGE19_FLAGS) --checkpoint-dir $(RUNS)/checkpoints19 \
 		--from $(RUNS)/stage18.safetensors
-	$(TRAIN384) -o $(MODEL) $(STAGE20_FLAGS) --checkpoint-dir $(RUNS)/checkpoints20 \
+	$(TRAIN384) -o $(RUNS)/stage20.safetensors $(STAGE20_FLAGS) --checkpoint-dir $(RUNS)/checkpoints20 \
 		--from $(RUNS)/stage19.safetensors
+	$(TRAIN384) -o $(RUNS)/stage25.safetensors $(STAGE25_FLAGS) --checkpoint-dir $(RUNS)/checkpoints25 \
+		--from $(RUNS)/stage20.safetensors
+	$(BLURVID) soup $(RUNS)/stage20.safetensors $(RUNS)/stage25.safetensors -o $(MODEL)
 	$(BLURVID) export-int8 $(MODEL) --calibration $(DATA_CACHE)/train/images
 	$(BLURVID) evaluate $(MODEL) $(DATA_CACHE)/eval/eg1800-test --backend torch
 	$(BLURVID) evaluate $(MODEL) $(DATA_CACHE)/eval/eg1800-test --backend onnx
