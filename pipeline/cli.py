@@ -380,8 +380,8 @@ def train(data: Path, output: Path, epochs: int, minutes, size: int, work_size, 
     from pipeline.train import train as run_training
 
     opts = TrainOptions(epochs=epochs, minutes=minutes, size=size, bs=bs, lr=lr, loss=loss, swa=swa,
-                        no_geometry=no_geometry, valid_pct=valid_pct, valid_list=valid_list, work_size=work_size,
-                        from_model=from_model, resume=resume,
+                        no_geometry=no_geometry, valid_pct=valid_pct, valid_list=valid_list,
+                        work_size=work_size, from_model=from_model, resume=resume,
                         checkpoint_dir=checkpoint_dir or DEFAULT_CHECKPOINTS,
                         export_pkl=export_pkl, num_workers=workers, device=_resolve_device(device))
     run_training(data, output, opts, log=lambda msg: click.echo(msg, err=True))

@@ -168,7 +168,7 @@ class OpenForGeometry:
 
 class ItemGeometry(ItemTransform):
     """Rotation (±10°), zoom (1–1.1) and a keystone warp (±10 %), each with p 0.75, per item before the
-    crop, on GeometryImages only: what aug_transforms does per batch, but for chosen items.
+    crop, on GeometryImages only: the kinds and ranges aug_transforms draws per batch, for chosen items.
 
     Used instead of the batch-level geometry when `--no-geometry` names items that must keep their
     straight, unzoomed view (stage 25: the CCP street photos; MODEL.md).
@@ -314,7 +314,7 @@ def train(data: Path, out: Path, opts: TrainOptions = TrainOptions(), *, log=pri
         **({"base": config.training} if config.training else {}),   # what the --from model was trained on
         "data": str(data), "images": len(dls.train_ds) + len(dls.valid_ds),
         "epochs": epochs, "size": opts.size, "bs": opts.bs, "lr": opts.lr, "loss": opts.loss,
-        "schedule": "swa" if opts.swa else "one-cycle",
+        "schedule": "swa" if opts.swa else "one-cycle", "no_geometry": list(opts.no_geometry),
         "from_model": str(opts.from_model) if opts.from_model else None,
         "minutes": round(minutes, 1), "device": _describe_device(device),
         "valid_loss": round(valid_loss, 4), "valid_iou": round(valid_iou, 4),

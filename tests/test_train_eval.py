@@ -108,6 +108,7 @@ def test_item_geometry_moves_image_and_mask_together_and_passes_plain_images_by(
 
 def test_training_without_geometry_for_some_images_exports(tiny, tmp_path):
     """--no-geometry takes the per-item path; the learner it trains still exports and loads."""
+    from pipeline.segment import load_model
     from pipeline.train import TrainOptions, train
 
     _prefix_half(tiny, "street_")
@@ -115,6 +116,7 @@ def test_training_without_geometry_for_some_images_exports(tiny, tmp_path):
                         no_geometry=("street_",), checkpoint_dir=tmp_path / "ck",
                         export_pkl=tmp_path / "export.pkl")
     result = train(tiny, tmp_path / "m.safetensors", opts, log=lambda msg: None)
+    assert load_model(result.path)[1].training["no_geometry"] == ["street_"]   # the card says how it was made
     for model in (result.path, tmp_path / "export.pkl"):
         prob = load_segmenter(model)(np.zeros((1, 48, 64, 3), np.uint8))
         assert prob.shape == (1, 48, 64) and np.isfinite(prob).all()
