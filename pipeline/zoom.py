@@ -20,8 +20,9 @@ flicker), is redrawn when they come near its edge or fill much less of it, and t
 looked at again every `refresh` frames (someone walking in) and whenever someone reaches the box's
 edge. Frames with nobody in them are segmented whole, as without zoom.
 
-Opt-in (`blurvid process --zoom`): with the shipped model it lifts full-body photos (CCP test IoU
-0.903 → 0.918) but not the held-out talking-head frames (0.979 → 0.978); MODEL.md, Person zoom.
+Opt-in (`blurvid process --zoom`): with v14, the default model then, it lifts full-body photos
+(CCP test IoU 0.903 → 0.918) but not the held-out talking-head frames (0.979 → 0.978), and no
+share of the frame covered by the people tells the two apart; MODEL.md, Person zoom.
 """
 
 from __future__ import annotations
