@@ -122,10 +122,10 @@ STAGE16_FLAGS ?= --epochs 4 --size 128 --lr 3e-4 --loss ce+dice
 STAGE18_FLAGS ?= --epochs 12 --size 128 --lr 1e-4 --loss ce+dice --swa
 STAGE19_FLAGS ?= --epochs 30 --size 128 --lr 2e-4 --loss ce+dice --swa
 STAGE20_FLAGS ?= --epochs 19 --size 128 --lr 3e-4 --loss ce+dice --swa
-STAGE25_FLAGS ?= --epochs 9 --size 128 --lr 2e-4 --loss ce+dice --swa \
-	--no-geometry ccp_ --no-geometry ccpcrop_ --no-geometry compphoto_
-STAGE26_FLAGS ?= --epochs 5 --size 128 --lr 2e-4 --loss ce+dice --swa \
-	--no-geometry ccp_ --no-geometry ccpcrop_ --no-geometry compphoto_
+# Stages 25 and 26 keep rotation, zoom and warp off the CCP-derived images (street photos).
+CCP_NO_GEOMETRY := --no-geometry ccp_ --no-geometry ccpcrop_ --no-geometry compphoto_
+STAGE25_FLAGS ?= --epochs 9 --size 128 --lr 2e-4 --loss ce+dice --swa $(CCP_NO_GEOMETRY)
+STAGE26_FLAGS ?= --epochs 5 --size 128 --lr 2e-4 --loss ce+dice --swa $(CCP_NO_GEOMETRY)
 TRAIN384 := $(BLURVID) train $(DATA384_CACHE)/train $(TRAIN_FLAGS)
 TRAIN_VIDEO_WEIGHTED := $(BLURVID) train $(DATA_CACHE)/train-video-weighted $(TRAIN_FLAGS)
 
