@@ -131,6 +131,51 @@ def test_train_cli_offers_exactly_the_losses_train_knows():
     assert sorted(loss_option.type.choices) == sorted(LOSSES)
 
 
+def _fastai_unet(size: int, **options):
+    from fastai.vision.learner import create_unet_model
+    from fastai.vision.models import resnet18
+
+    unet = dict(last_cross=False, self_attention=False, bottle=False, blur=False) | options
+    return create_unet_model(resnet18, 2, (size, size), pretrained=False, **unet)
+
+
+@pytest.mark.parametrize("height, width", [(64, 96), (72, 88)])   # 72x88: the resize to the input's size
+def test_head_before_shuffle_trains_the_same_network(height, width):
+    """The training speed-up (ShuffledHead) gives fastai's logits and gradients, keeps the parameter
+    names, and its restore puts the stock layers back."""
+    import torch
+    from pipeline.train import _put_head_before_shuffle
+
+    torch.manual_seed(0)
+    model = _fastai_unet(height).eval()
+    x = torch.rand(2, 3, height, width)
+    stock = model(x)
+    stock.square().mean().backward()
+    stock_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    stock_layers, names = list(model.layers.modules()), list(model.state_dict())
+
+    restore = _put_head_before_shuffle(model)
+    assert restore is not None and list(model.state_dict()) == names
+    fused = model(x)
+    fused.square().mean().backward()
+    assert fused.shape == stock.shape == (2, 2, height, width)
+    assert torch.allclose(fused, stock, atol=1e-5)
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, stock_grads[name], rtol=1e-4, atol=1e-7), name
+    restore()
+    assert list(model.layers.modules()) == stock_layers
+
+
+def test_head_before_shuffle_leaves_other_networks_alone():
+    from pipeline.train import _put_head_before_shuffle
+
+    model = _fastai_unet(64, last_cross=True)   # ends in a residual block, not shuffle then head
+    layers = list(model.modules())
+    assert _put_head_before_shuffle(model) is None
+    assert list(model.modules()) == layers
+
+
 def test_weight_averaging_writes_the_mean_of_each_epochs_weights_across_a_resume(tiny, tmp_path):
     """--swa: epoch 1 ends, the run is resumed for epoch 2, and the model written is the mean of the
     two epochs' weights, with BatchNorm statistics measured anew rather than taken from either; resuming
