@@ -93,9 +93,10 @@ bench: $(BIN)/activate  ## benchmark against the reference pipeline (writes outp
 # epochs at twice its rate (stage 19, `--swa`), and from stage 19 19 more at three times its rate
 # (stage 20, `--swa`: v14); from v14 9 epochs of stage 19's recipe with the geometric augmentations
 # kept off the CCP-derived images (stage 25, `--no-geometry`) and the mean of v14 and stage 25 (v15);
-# from v15 5 epochs of the same (stage 26) and the mean of v15 and stage 26 (v16, the shipped
+# from v15 5 epochs of the same (stage 26) and the mean of v15 and stage 26 (v16); from v16 32 epochs
+# of the same at half the rate (stage 28) and from stage 28 15 more (stage 30: v17, the shipped
 # model). The runs of
-# stages 8, 9, 11, 12 and 13 also began with one warm-up epoch at a tenth of the rate (`--minutes`);
+# stages 8, 9, 11, 12, 13, 28 and 30 also began with one warm-up epoch at a tenth of the rate (`--minutes`);
 # these fixed epoch counts leave it out.
 # Training data and the intermediate stages stay outside the repo, in $(DATA_CACHE), $(DATA384_CACHE)
 # and $(RUNS).
@@ -126,6 +127,8 @@ STAGE20_FLAGS ?= --epochs 19 --size 128 --lr 3e-4 --loss ce+dice --swa
 CCP_NO_GEOMETRY := --no-geometry ccp_ --no-geometry ccpcrop_ --no-geometry compphoto_
 STAGE25_FLAGS ?= --epochs 9 --size 128 --lr 2e-4 --loss ce+dice --swa $(CCP_NO_GEOMETRY)
 STAGE26_FLAGS ?= --epochs 5 --size 128 --lr 2e-4 --loss ce+dice --swa $(CCP_NO_GEOMETRY)
+STAGE28_FLAGS ?= --epochs 32 --size 128 --lr 1e-4 --loss ce+dice --swa $(CCP_NO_GEOMETRY)
+STAGE30_FLAGS ?= --epochs 15 --size 128 --lr 1e-4 --loss ce+dice --swa $(CCP_NO_GEOMETRY)
 TRAIN384 := $(BLURVID) train $(DATA384_CACHE)/train $(TRAIN_FLAGS)
 TRAIN_VIDEO_WEIGHTED := $(BLURVID) train $(DATA_CACHE)/train-video-weighted $(TRAIN_FLAGS)
 
@@ -181,7 +184,11 @@ model: $(BIN)/activate  ## rebuild training data from ../shared and retrain the 
 	$(BLURVID) soup $(RUNS)/stage20.safetensors $(RUNS)/stage25.safetensors -o $(RUNS)/soup2025.safetensors
 	$(TRAIN384) -o $(RUNS)/stage26.safetensors $(STAGE26_FLAGS) --checkpoint-dir $(RUNS)/checkpoints26 \
 		--from $(RUNS)/soup2025.safetensors
-	$(BLURVID) soup $(RUNS)/soup2025.safetensors $(RUNS)/stage26.safetensors -o $(MODEL)
+	$(BLURVID) soup $(RUNS)/soup2025.safetensors $(RUNS)/stage26.safetensors -o $(RUNS)/soup2526.safetensors
+	$(TRAIN384) -o $(RUNS)/stage28.safetensors $(STAGE28_FLAGS) --checkpoint-dir $(RUNS)/checkpoints28 \
+		--from $(RUNS)/soup2526.safetensors
+	$(TRAIN384) -o $(MODEL) $(STAGE30_FLAGS) --checkpoint-dir $(RUNS)/checkpoints30 \
+		--from $(RUNS)/stage28.safetensors
 	$(BLURVID) export-int8 $(MODEL) --calibration $(DATA_CACHE)/train/images
 	$(BLURVID) evaluate $(MODEL) $(DATA_CACHE)/eval/eg1800-test --backend torch
 	$(BLURVID) evaluate $(MODEL) $(DATA_CACHE)/eval/eg1800-test --backend onnx
