@@ -123,12 +123,14 @@ STAGE16_FLAGS ?= --epochs 4 --size 128 --lr 3e-4 --loss ce+dice
 STAGE18_FLAGS ?= --epochs 12 --size 128 --lr 1e-4 --loss ce+dice --swa
 STAGE19_FLAGS ?= --epochs 30 --size 128 --lr 2e-4 --loss ce+dice --swa
 STAGE20_FLAGS ?= --epochs 19 --size 128 --lr 3e-4 --loss ce+dice --swa
-# Stages 25 and 26 keep rotation, zoom and warp off the CCP-derived images (street photos).
+# Stages 25 to 30 share one recipe, which keeps rotation, zoom and warp off the CCP-derived images
+# (street photos); they differ in length and rate.
 CCP_NO_GEOMETRY := --no-geometry ccp_ --no-geometry ccpcrop_ --no-geometry compphoto_
-STAGE25_FLAGS ?= --epochs 9 --size 128 --lr 2e-4 --loss ce+dice --swa $(CCP_NO_GEOMETRY)
-STAGE26_FLAGS ?= --epochs 5 --size 128 --lr 2e-4 --loss ce+dice --swa $(CCP_NO_GEOMETRY)
-STAGE28_FLAGS ?= --epochs 32 --size 128 --lr 1e-4 --loss ce+dice --swa $(CCP_NO_GEOMETRY)
-STAGE30_FLAGS ?= --epochs 15 --size 128 --lr 1e-4 --loss ce+dice --swa $(CCP_NO_GEOMETRY)
+SWA_NO_GEOMETRY_RECIPE := --size 128 --loss ce+dice --swa $(CCP_NO_GEOMETRY)
+STAGE25_FLAGS ?= --epochs 9 --lr 2e-4 $(SWA_NO_GEOMETRY_RECIPE)
+STAGE26_FLAGS ?= --epochs 5 --lr 2e-4 $(SWA_NO_GEOMETRY_RECIPE)
+STAGE28_FLAGS ?= --epochs 32 --lr 1e-4 $(SWA_NO_GEOMETRY_RECIPE)
+STAGE30_FLAGS ?= --epochs 15 --lr 1e-4 $(SWA_NO_GEOMETRY_RECIPE)
 TRAIN384 := $(BLURVID) train $(DATA384_CACHE)/train $(TRAIN_FLAGS)
 TRAIN_VIDEO_WEIGHTED := $(BLURVID) train $(DATA_CACHE)/train-video-weighted $(TRAIN_FLAGS)
 
