@@ -39,6 +39,7 @@ from fastai.vision.learner import unet_learner
 from fastai.vision.models import resnet18
 from fastai.vision.models.unet import ResizeToOrig
 from fasttransform import ItemTransform
+from kornia.losses import lovasz_softmax_loss
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, update_bn
 from PIL import Image
@@ -71,27 +72,27 @@ class TrainOptions:
     num_workers: int | None = None  # DataLoader workers (None: fastai's default)
     device: str | None = None       # None: CUDA when available
     mixed_precision: bool = True    # bf16 autocast (CUDA, or CPUs with native bf16)
-    loss: str = "ce"                # "ce": cross-entropy; "ce+dice": plus a soft Dice term (LOSSES)
+    loss: str = "ce"                # "ce": cross-entropy; "ce+dice" / "ce+lovasz": plus an IoU-like term (LOSSES)
     swa: bool = False               # constant lr, and write the mean of every epoch's weights (WeightAveraging)
     no_geometry: tuple[str, ...] = ()  # name prefixes of images that get no rotation, zoom or warp (ItemGeometry)
 
 
-class CrossEntropyDiceLoss:
-    """loss = CrossEntropyDiceLoss()(logits, masks): pixel cross-entropy plus the mean soft Dice loss.
+class CrossEntropyPlusLoss:
+    """Pixel cross-entropy plus an overlap term (`overlap(logits, masks)`), for the losses below.
 
-    Cross-entropy weighs every pixel alike, so a 3-px error along a full-body outline costs little
-    while it costs IoU a lot; the Dice term (1 - soft overlap, per image and class) scores the
-    overlap that IoU measures. Keeps fastai's `activation` and `decodes` so predict and metrics work.
+    Keeps fastai's `activation` and `decodes`, so predict and metrics work as with plain cross-entropy.
     """
 
-    def __init__(self, dice_weight: float = 1.0):
-        self.dice_weight = dice_weight
+    def __init__(self, weight: float = 1.0):
+        self.weight = weight
         self.cross_entropy = CrossEntropyLossFlat(axis=1)
-        self.dice = DiceLoss(axis=1, reduction="mean")
 
     def __call__(self, pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
-        # Under mixed precision the logits may be bf16; sums over a whole image need fp32.
-        return self.cross_entropy(pred, targ) + self.dice_weight * self.dice(pred.float(), targ)
+        # Under mixed precision the logits may be bf16; sums and sorts over a whole image need fp32.
+        return self.cross_entropy(pred, targ) + self.weight * self.overlap(pred.float(), targ)
+
+    def overlap(self, pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def activation(self, x: torch.Tensor) -> torch.Tensor:
         return self.cross_entropy.activation(x)
@@ -100,7 +101,39 @@ class CrossEntropyDiceLoss:
         return self.cross_entropy.decodes(x)
 
 
-LOSSES = {"ce": lambda: CrossEntropyLossFlat(axis=1), "ce+dice": CrossEntropyDiceLoss}
+class CrossEntropyDiceLoss(CrossEntropyPlusLoss):
+    """loss = CrossEntropyDiceLoss()(logits, masks): pixel cross-entropy plus the mean soft Dice loss.
+
+    Cross-entropy weighs every pixel alike, so a 3-px error along a full-body outline costs little
+    while it costs IoU a lot; the Dice term (1 - soft overlap, per image and class) scores the
+    overlap that IoU measures.
+    """
+
+    def __init__(self, weight: float = 1.0):
+        super().__init__(weight)
+        self.dice = DiceLoss(axis=1, reduction="mean")
+
+    def overlap(self, pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
+        return self.dice(pred, targ)
+
+
+class CrossEntropyLovaszLoss(CrossEntropyPlusLoss):
+    """loss = CrossEntropyLovaszLoss()(logits, masks): pixel cross-entropy plus the Lovász-softmax loss.
+
+    The Lovász-softmax (Berman et al., 2018; kornia's implementation) is the tight convex surrogate
+    of the Jaccard loss 1 - IoU, per image and class: where soft Dice rewards the overlap of soft
+    probabilities, it sorts each image's pixel errors and weights each by how much it moves that
+    image's IoU, the figure `blurvid evaluate` reports. Berman et al. fine-tuned networks trained with
+    cross-entropy with it, which is how blurvid uses it (`--from`); cross-entropy stays in the sum.
+    """
+
+    def overlap(self, pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
+        # kornia wants plain tensors: fastai's TensorImage/TensorMask would carry their type dispatch in.
+        return lovasz_softmax_loss(pred.as_subclass(torch.Tensor), targ.as_subclass(torch.Tensor).long())
+
+
+LOSSES = {"ce": lambda: CrossEntropyLossFlat(axis=1), "ce+dice": CrossEntropyDiceLoss,
+          "ce+lovasz": CrossEntropyLovaszLoss}
 
 
 class MaskFromName:

@@ -36,7 +36,7 @@ def tiny(tmp_path) -> Path:
     return make_tiny_dataset(tmp_path / "tiny", n=12, size=(64, 48))
 
 
-@pytest.mark.parametrize("loss", ["ce", "ce+dice"])
+@pytest.mark.parametrize("loss", ["ce", "ce+dice", "ce+lovasz"])
 def test_training_lowers_the_loss_and_writes_a_working_model(tiny, tmp_path, loss):
     from pipeline.segment import load_model
     from pipeline.train import TrainOptions, train
@@ -243,6 +243,36 @@ def test_dice_term_scores_overlap_per_image():
     small_ce = F.cross_entropy(logits[1:], target[1:])
     assert float(small_ce) < 0.1 * float(person_dice_loss[1])
     assert CrossEntropyDiceLoss().decodes(logits).equal(torch.zeros(2, 16, 16, dtype=torch.long))
+
+
+def test_lovasz_term_is_one_minus_iou_per_image_and_class():
+    """With confident logits the Lovász-softmax term is exactly the mean of 1 - IoU over images and
+    classes, the figure `blurvid evaluate` reports, so an image's small person weighs as much as
+    another image's large one; the cross-entropy term is added on top."""
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline.train import CrossEntropyLovaszLoss
+
+    target = torch.zeros(2, 16, 16, dtype=torch.long)
+    target[0, 4:12, 4:12] = 1          # a large person (64 px)
+    target[1, 6:10, 6:10] = 1          # a small one (16 px)
+    predicted = torch.zeros_like(target)
+    predicted[0, 4:12, 4:10] = 1       # 48 of the 64 px: person IoU 0.75
+    predicted[1, 6:10, 6:12] = 1       # 16 px right and 8 px beside it: person IoU 16 / 24
+    logits = torch.stack([1 - predicted, predicted], 1).float() * 40 - 20   # p is 0 or 1 to fp32
+
+    ious = []
+    for cls in (0, 1):
+        inter = ((predicted == cls) & (target == cls)).sum((1, 2)).float()
+        union = ((predicted == cls) | (target == cls)).sum((1, 2)).float()
+        ious.append(inter / union)
+    assert float(ious[1][0]) == pytest.approx(0.75) and float(ious[1][1]) == pytest.approx(16 / 24)
+    expected = F.cross_entropy(logits, target) + (1 - torch.stack(ious)).mean()
+    assert float(CrossEntropyLovaszLoss()(logits, target)) == pytest.approx(float(expected), rel=1e-5)
+    perfect = torch.stack([1 - target, target], 1).float() * 40 - 20
+    assert float(CrossEntropyLovaszLoss()(perfect, target)) == pytest.approx(0.0, abs=1e-6)
+    assert CrossEntropyLovaszLoss().decodes(logits).equal(predicted)
 
 
 @pytest.mark.parametrize("mean, std", [((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),   # a fresh model
