@@ -252,6 +252,7 @@ def test_lovasz_term_is_one_minus_iou_per_image_and_class():
     import torch
     import torch.nn.functional as F
 
+    from pipeline.evaluate import iou
     from pipeline.train import CrossEntropyLovaszLoss
 
     target = torch.zeros(2, 16, 16, dtype=torch.long)
@@ -262,13 +263,10 @@ def test_lovasz_term_is_one_minus_iou_per_image_and_class():
     predicted[1, 6:10, 6:12] = 1       # 16 px right and 8 px beside it: person IoU 16 / 24
     logits = torch.stack([1 - predicted, predicted], 1).float() * 40 - 20   # p is 0 or 1 to fp32
 
-    ious = []
-    for cls in (0, 1):
-        inter = ((predicted == cls) & (target == cls)).sum((1, 2)).float()
-        union = ((predicted == cls) | (target == cls)).sum((1, 2)).float()
-        ious.append(inter / union)
-    assert float(ious[1][0]) == pytest.approx(0.75) and float(ious[1][1]) == pytest.approx(16 / 24)
-    expected = F.cross_entropy(logits, target) + (1 - torch.stack(ious)).mean()
+    ious = np.array([[iou((p == cls).numpy(), (t == cls).numpy()) for p, t in zip(predicted, target)]
+                     for cls in (0, 1)])
+    assert ious[1, 0] == pytest.approx(0.75) and ious[1, 1] == pytest.approx(16 / 24)
+    expected = F.cross_entropy(logits, target).item() + (1 - ious).mean()
     assert float(CrossEntropyLovaszLoss()(logits, target)) == pytest.approx(float(expected), rel=1e-5)
     perfect = torch.stack([1 - target, target], 1).float() * 40 - 20
     assert float(CrossEntropyLovaszLoss()(perfect, target)) == pytest.approx(0.0, abs=1e-6)
