@@ -94,8 +94,9 @@ bench: $(BIN)/activate  ## benchmark against the reference pipeline (writes outp
 # (stage 20, `--swa`: v14); from v14 9 epochs of stage 19's recipe with the geometric augmentations
 # kept off the CCP-derived images (stage 25, `--no-geometry`) and the mean of v14 and stage 25 (v15);
 # from v15 5 epochs of the same (stage 26) and the mean of v15 and stage 26 (v16); from v16 32 epochs
-# of the same at half the rate (stage 28) and from stage 28 15 more (stage 30: v17, the shipped
-# model). The runs of
+# of the same at half the rate (stage 28) and from stage 28 15 more (stage 30: v17); from v17 4
+# epochs of the same on the view with the CCP photos, their crops and the video frames twice each
+# (stage 35) and the mean of v17 and stage 35 (v18, the shipped model). The runs of
 # stages 8, 9, 11, 12, 13, 28 and 30 also began with one warm-up epoch at a tenth of the rate (`--minutes`);
 # these fixed epoch counts leave it out.
 # Training data and the intermediate stages stay outside the repo, in $(DATA_CACHE), $(DATA384_CACHE)
@@ -131,8 +132,10 @@ STAGE25_FLAGS ?= --epochs 9 --lr 2e-4 $(SWA_NO_GEOMETRY_RECIPE)
 STAGE26_FLAGS ?= --epochs 5 --lr 2e-4 $(SWA_NO_GEOMETRY_RECIPE)
 STAGE28_FLAGS ?= --epochs 32 --lr 1e-4 $(SWA_NO_GEOMETRY_RECIPE)
 STAGE30_FLAGS ?= --epochs 15 --lr 1e-4 $(SWA_NO_GEOMETRY_RECIPE)
+STAGE35_FLAGS ?= --epochs 4 --lr 1e-4 $(SWA_NO_GEOMETRY_RECIPE)
 TRAIN384 := $(BLURVID) train $(DATA384_CACHE)/train $(TRAIN_FLAGS)
 TRAIN_VIDEO_WEIGHTED := $(BLURVID) train $(DATA_CACHE)/train-video-weighted $(TRAIN_FLAGS)
+TRAIN384_CCP_CLIP_WEIGHTED := $(BLURVID) train $(DATA384_CACHE)/train-ccp-clip-weighted $(TRAIN_FLAGS)
 
 model: $(BIN)/activate  ## rebuild training data from ../shared and retrain the default model (hours on CPU)
 	$(SHARED)/tools/get-teacher.sh
@@ -189,8 +192,11 @@ model: $(BIN)/activate  ## rebuild training data from ../shared and retrain the 
 	$(BLURVID) soup $(RUNS)/soup2025.safetensors $(RUNS)/stage26.safetensors -o $(RUNS)/soup2526.safetensors
 	$(TRAIN384) -o $(RUNS)/stage28.safetensors $(STAGE28_FLAGS) --checkpoint-dir $(RUNS)/checkpoints28 \
 		--from $(RUNS)/soup2526.safetensors
-	$(TRAIN384) -o $(MODEL) $(STAGE30_FLAGS) --checkpoint-dir $(RUNS)/checkpoints30 \
+	$(TRAIN384) -o $(RUNS)/stage30.safetensors $(STAGE30_FLAGS) --checkpoint-dir $(RUNS)/checkpoints30 \
 		--from $(RUNS)/stage28.safetensors
+	$(TRAIN384_CCP_CLIP_WEIGHTED) -o $(RUNS)/stage35.safetensors $(STAGE35_FLAGS) \
+		--checkpoint-dir $(RUNS)/checkpoints35 --from $(RUNS)/stage30.safetensors
+	$(BLURVID) soup $(RUNS)/stage30.safetensors $(RUNS)/stage35.safetensors -o $(MODEL)
 	$(BLURVID) export-int8 $(MODEL) --calibration $(DATA_CACHE)/train/images
 	$(BLURVID) evaluate $(MODEL) $(DATA_CACHE)/eval/eg1800-test --backend torch
 	$(BLURVID) evaluate $(MODEL) $(DATA_CACHE)/eval/eg1800-test --backend onnx

@@ -9,6 +9,8 @@ Writes, under OUT:
     eval/heldout-frames/{images,masks,probs}/     teacher-labelled frames of the held-out clips (full size)
     eval/eg1800-test/{images,masks}/              EG1800 test.txt at full size (images are symlinks)
     eval/ccp-test/{images,masks}/                 CCP-person test.txt at full size (images are symlinks)
+    train-video-weighted/, train-ccp-clip-weighted/  views of train/ (symlinks) with some images repeated,
+                                                  for stages 10-11 and 35 (with the teacher only)
     MANIFEST.json                                 counts per source, seeds, held-out clips, teacher
 
 Training sources: EG1800 train.txt portraits; CCP-person train.txt photos and upper-body crops of them;
@@ -70,6 +72,9 @@ TRAIN_FRAMES_PER_CLIP = 8     # cap, so the longer clips do not dominate
 EVAL_FRAMES_PER_CLIP = 10
 VIDEO_WEIGHT = 4              # stages 10 and 11 see each teacher-labelled video frame this often
 CLIP_PREFIX = "clip_"         # names of the teacher-labelled video frames start with it
+# Stage 35 (v18) sees the CCP photos, their upper-body crops and the video frames twice each: the street
+# photos weigh more without thinning the video frames' share (MODEL.md, stages 34b and 35).
+CCP_CLIP_WEIGHTS = {"ccp_": 2, "ccpcrop_": 2, CLIP_PREFIX: 2}
 ROOM_COMPOSITES = 240         # 10 per room
 PHOTO_COMPOSITES = 120        # people pasted onto other CCP training photos (two-person scenes)
 WALL_COMPOSITES = 240         # people pasted onto plain walls and defocused rooms (see plain_wall)
@@ -567,13 +572,12 @@ def build_clip_frames(teacher: Teacher, media: Path, out: SampleWriter) -> list[
     return clips
 
 
-def build_video_weighted(train: Path, dest: Path, *, weight: int = VIDEO_WEIGHT) -> int:
-    """n = build_video_weighted(out / "train", out / "train-video-weighted"): a view of the training set
-    (symbolic links, no copies) in which each teacher-labelled video frame appears `weight` times.
+def build_weighted_view(train: Path, dest: Path, weights: dict[str, int]) -> int:
+    """n = build_weighted_view(out / "train", out / "train-ccp-clip-weighted", CCP_CLIP_WEIGHTS): a view
+    of the training set (symbolic links, no copies) in which each image whose name starts with a prefix
+    in `weights` appears that many times (copies named STEM_rep1, STEM_rep2, ...); the rest once.
 
-    Stages 10 and 11 of the default model fine-tune on it, so the video frames that blurvid's
-    users resemble weigh more than their 4 % share of the images (MODEL.md). Returns the number
-    of images."""
+    A previous view in `dest` is removed first. Returns the number of images."""
     shutil.rmtree(dest, ignore_errors=True)
     for sub in ("images", "masks"):
         (dest / sub).mkdir(parents=True)
@@ -581,13 +585,23 @@ def build_video_weighted(train: Path, dest: Path, *, weight: int = VIDEO_WEIGHT)
     n = 0
     for img in sorted((train / "images").iterdir()):
         msk = masks[img.stem]
-        repeats = weight if img.stem.startswith(CLIP_PREFIX) else 1
+        repeats = next((w for prefix, w in weights.items() if img.stem.startswith(prefix)), 1)
         for k in range(repeats):
             stem = img.stem if k == 0 else f"{img.stem}_rep{k}"
             (dest / "images" / f"{stem}{img.suffix}").symlink_to(img.resolve())
             (dest / "masks" / f"{stem}{msk.suffix}").symlink_to(msk.resolve())
             n += 1
     return n
+
+
+def build_video_weighted(train: Path, dest: Path, *, weight: int = VIDEO_WEIGHT) -> int:
+    """n = build_video_weighted(out / "train", out / "train-video-weighted"): the view in which each
+    teacher-labelled video frame appears `weight` times (build_weighted_view).
+
+    Stages 10 and 11 of the default model fine-tune on it, so the video frames that blurvid's
+    users resemble weigh more than their 4 % share of the images (MODEL.md). Returns the number
+    of images."""
+    return build_weighted_view(train, dest, {CLIP_PREFIX: weight})
 
 
 def build_heldout_frames(teacher: Teacher, media: Path, dest: Path, *, quality: int) -> dict[str, int]:
@@ -632,7 +646,7 @@ def build(shared: Path, out: Path, *, max_side: int = 384, quality: int = 90, im
     for folder in (eg1800, ccp, rooms):
         if not folder.is_dir():
             raise InputError(f"{folder}: not found; is --shared the shared folder?")
-    for sub in ("train", "eval", "train-video-weighted"):
+    for sub in ("train", "eval", "train-video-weighted", "train-ccp-clip-weighted"):
         shutil.rmtree(out / sub, ignore_errors=True)
     train = SampleWriter(out / "train", max_side=max_side, quality=quality, image_format=image_format)
     build_eg1800(eg1800, train)
@@ -650,6 +664,8 @@ def build(shared: Path, out: Path, *, max_side: int = 384, quality: int = 90, im
         heldout = build_heldout_frames(teacher, media, out / "eval" / "heldout-frames", quality=95)
         manifest["video_weighted"] = {"weight": VIDEO_WEIGHT, "images": build_video_weighted(
             out / "train", out / "train-video-weighted")}
+        manifest["ccp_clip_weighted"] = {"weights": CCP_CLIP_WEIGHTS, "images": build_weighted_view(
+            out / "train", out / "train-ccp-clip-weighted", CCP_CLIP_WEIGHTS)}
         manifest["teacher"] = teacher.describe()
         manifest["teacher_sampling"] = {"train_interval_s": TRAIN_FRAME_INTERVAL, "train_cap": TRAIN_FRAMES_PER_CLIP,
                                         "eval_frames_per_clip": EVAL_FRAMES_PER_CLIP}

@@ -360,3 +360,19 @@ def test_video_weighted_view_repeats_only_video_frames(tmp_path: Path) -> None:
                for n in images[:3])
     assert dataprep.build_video_weighted(train, view, weight=1) == 2   # rebuilt, nothing stale left
     assert len(list((view / "masks").iterdir())) == 2
+
+
+def test_weighted_view_repeats_each_prefix_its_own_number_of_times(tmp_path: Path) -> None:
+    train = tmp_path / "train"
+    for sub in ("images", "masks"):
+        (train / sub).mkdir(parents=True)
+    for stem in ("ccp_0001", "ccpcrop_0001", "clip_grid-x_000", "eg1800_0001"):
+        cv2.imwrite(str(train / "images" / f"{stem}.jpg"), np.zeros((8, 8, 3), np.uint8))
+        cv2.imwrite(str(train / "masks" / f"{stem}.png"), np.full((8, 8), 255, np.uint8))
+    view = tmp_path / "weighted"
+    assert dataprep.build_weighted_view(train, view, {"ccp_": 3, "clip_": 2}) == 7
+    stems = sorted(p.stem for p in (view / "images").iterdir())
+    assert stems == ["ccp_0001", "ccp_0001_rep1", "ccp_0001_rep2", "ccpcrop_0001",   # "ccp_" is not "ccpcrop_"
+                     "clip_grid-x_000", "clip_grid-x_000_rep1", "eg1800_0001"]
+    assert sorted(p.stem for p in (view / "masks").iterdir()) == stems
+    assert dataprep.build_weighted_view(train, view, dataprep.CCP_CLIP_WEIGHTS) == 7   # the v18 view: 2, 2, 2
