@@ -346,6 +346,9 @@ def preview(thumb_dir: Path, columns: int, video: Path | None, source: Path | No
               help="Instead of --epochs: as many epochs as fit in this many minutes.")
 @click.option("--size", type=click.IntRange(32, 2048), default=160, show_default=True,
               help="Square training crop size.")
+@click.option("--min-scale", type=click.FloatRange(0.05, 1.0), default=0.3, show_default=True,
+              help="Smallest share of an image's area a training crop covers; nearer 1 shows people "
+                   "at the scale the whole frame gives them at --work-size (test-resolution fine-tuning).")
 @click.option("--work-size", type=SIZE, default="256x144", show_default=True,
               help="Inference size WxH recorded in the model.")
 @click.option("--bs", type=click.IntRange(min=1), default=16, show_default=True, help="Batch size.")
@@ -373,14 +376,14 @@ def preview(thumb_dir: Path, columns: int, video: Path | None, source: Path | No
               help="Also write a fastai learn.export() .pkl here.")
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader workers.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-def train(data: Path, output: Path, epochs: int, minutes, size: int, work_size, bs: int, lr: float,
+def train(data: Path, output: Path, epochs: int, minutes, size: int, min_scale: float, work_size, bs: int, lr: float,
           loss: str, swa: bool, no_geometry: tuple[str, ...], valid_pct: float, valid_list, from_model,
           resume: bool, checkpoint_dir, export_pkl, workers, device: str) -> None:
     """Train the person U-Net on DATA (images/ and masks/ with matching names)."""
     from pipeline.train import DEFAULT_CHECKPOINTS, TrainOptions
     from pipeline.train import train as run_training
 
-    opts = TrainOptions(epochs=epochs, minutes=minutes, size=size, bs=bs, lr=lr, loss=loss, swa=swa,
+    opts = TrainOptions(epochs=epochs, minutes=minutes, size=size, min_scale=min_scale, bs=bs, lr=lr, loss=loss, swa=swa,
                         no_geometry=no_geometry, valid_pct=valid_pct, valid_list=valid_list,
                         work_size=work_size, from_model=from_model, resume=resume,
                         checkpoint_dir=checkpoint_dir or DEFAULT_CHECKPOINTS,

@@ -51,5 +51,23 @@ def average_models(paths: Sequence[str | Path], output: str | Path) -> Path:
     first_model.load_state_dict(mean)
     config = replace(first_config, metrics={},
                      training={"soup_of": [str(p) for p in paths],
-                               "ingredients": [other.training for _, other in models]})
+                               "ingredients": shared_provenance([other.training for _, other in models])})
     return save_model(first_model, config, output)
+
+
+def shared_provenance(records: Sequence[dict]) -> list:
+    """The ingredients' training records, each part that repeats an earlier ingredient's whole record
+    replaced by a reference to it ("ingredients[0]").
+
+    A fine-tune records its parent's history as its `base`, so a soup of a parent and its fine-tune
+    would otherwise hold the parent's history twice, and every soup of soups twice again: the
+    default model's JSON doubled with each soup (v18: 247 kB) until this kept it growing by one
+    record per stage."""
+    def refer(value, earlier: list):
+        if isinstance(value, dict):
+            if value in earlier:
+                return f"ingredients[{earlier.index(value)}]"
+            return {key: refer(item, earlier) for key, item in value.items()}
+        return value
+
+    return [refer(record, list(records[:i])) for i, record in enumerate(records)]

@@ -59,6 +59,7 @@ class TrainOptions:
     epochs: int = 20
     minutes: float | None = None    # instead of epochs: as many epochs as fit in this time budget
     size: int = 160                 # square training crop; inference runs at the model's work_size
+    min_scale: float = 0.3          # smallest share of an image's area a crop covers (RandomResizedCrop)
     bs: int = 16
     lr: float = 2e-3
     valid_pct: float = 0.1          # random validation split, unless valid_list names the images
@@ -269,7 +270,7 @@ def make_dataloaders(data: Path, opts: TrainOptions, device: torch.device, confi
         splitter = FuncSplitter(lambda p: Path(p).stem in valid_stems)
     else:
         splitter = RandomSplitter(valid_pct=validation_share(len(pairs), opts.valid_pct), seed=opts.seed)
-    crop = [WebcamDegrade(p=0.4), RandomResizedCrop(opts.size, min_scale=0.3, ratio=(0.6, 1.7))]
+    crop = [WebcamDegrade(p=0.4), RandomResizedCrop(opts.size, min_scale=opts.min_scale, ratio=(0.6, 1.7))]
     if opts.no_geometry:   # geometry per item, so that the named items can go without it
         images = TransformBlock(type_tfms=OpenForGeometry(opts.no_geometry), batch_tfms=IntToFloatTensor)
         item_tfms, geometry = [ItemGeometry(), *crop], dict(max_rotate=0, max_zoom=1.0, max_warp=0)
@@ -350,7 +351,7 @@ def train(data: Path, out: Path, opts: TrainOptions = TrainOptions(), *, log=pri
     config = replace(config, training={
         **({"base": config.training} if config.training else {}),   # what the --from model was trained on
         "data": str(data), "images": len(dls.train_ds) + len(dls.valid_ds),
-        "epochs": epochs, "size": opts.size, "bs": opts.bs, "lr": opts.lr, "loss": opts.loss,
+        "epochs": epochs, "size": opts.size, "min_scale": opts.min_scale, "bs": opts.bs, "lr": opts.lr, "loss": opts.loss,
         "schedule": "swa" if opts.swa else "one-cycle", "no_geometry": list(opts.no_geometry),
         "from_model": str(opts.from_model) if opts.from_model else None,
         "minutes": round(minutes, 1), "device": _describe_device(device),

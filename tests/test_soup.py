@@ -51,6 +51,16 @@ def test_the_soup_is_the_mean_of_its_ingredients(tmp_path: Path) -> None:
     assert prob.shape == (1, 48, 64) and np.isfinite(prob).all()
 
 
+def test_a_soup_of_a_parent_and_its_fine_tune_records_the_parents_history_once(tmp_path: Path) -> None:
+    parent_history = {"soup_of": ["x", "y"], "ingredients": [{"epochs": 3}, {"epochs": 4, "base": {"epochs": 3}}]}
+    model, config = load_model(make_tiny_model(tmp_path, "p"))
+    parent = save_model(model, replace(config, training=parent_history), tmp_path / "parent.safetensors")
+    tuned = save_model(model, replace(config, training={"epochs": 6, "base": parent_history}),
+                       tmp_path / "tuned.safetensors")
+    training = load_config(average_models([parent, tuned], tmp_path / "soup.safetensors")).training
+    assert training["ingredients"] == [parent_history, {"epochs": 6, "base": "ingredients[0]"}]
+
+
 def test_models_of_different_networks_are_refused(tmp_path: Path) -> None:
     a = make_tiny_model(tmp_path, "a")
     model, config = load_model(make_tiny_model(tmp_path, "b"))

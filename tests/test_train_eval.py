@@ -80,6 +80,26 @@ def test_no_geometry_opens_only_the_other_images_for_item_geometry(tiny):
         assert isinstance(img, GeometryImage) == (Path(path).stem not in plain), path
 
 
+@pytest.mark.parametrize("min_scale", [1.0, 0.3])
+def test_min_scale_sets_how_much_of_each_image_a_training_crop_keeps(tiny, min_scale):
+    """At --min-scale 1 every crop is the whole image (the person keeps its share of the frame, as at
+    inference); at 0.3 crops cut into the disc or zoom onto it, so the shares spread."""
+    import torch
+
+    from pipeline.train import TrainOptions, make_dataloaders
+
+    whole = np.mean([cv2.imread(str(p), cv2.IMREAD_GRAYSCALE).mean() / 255 for p in (tiny / "masks").iterdir()])
+    opts = TrainOptions(size=32, bs=3, num_workers=0, valid_pct=0.25, min_scale=min_scale,
+                        no_geometry=("",))   # every item: no rotation, zoom or warp to move the shares
+    dls = make_dataloaders(tiny, opts, torch.device("cpu"))
+    shares = np.concatenate([masks.float().mean(dim=(1, 2)).numpy() for _ in range(3) for _, masks in dls.train])
+    spread = np.abs(shares - whole).max()
+    if min_scale == 1.0:
+        assert spread < 0.02, (whole, shares)
+    else:
+        assert spread > 0.05, (whole, shares)
+
+
 def test_item_geometry_moves_image_and_mask_together_and_passes_plain_images_by():
     import random
 
@@ -113,10 +133,11 @@ def test_training_without_geometry_for_some_images_exports(tiny, tmp_path):
 
     _prefix_half(tiny, "street_")
     opts = TrainOptions(epochs=1, size=32, bs=4, lr=1e-3, num_workers=0, work_size=(64, 48),
-                        no_geometry=("street_",), checkpoint_dir=tmp_path / "ck",
+                        no_geometry=("street_",), min_scale=0.7, checkpoint_dir=tmp_path / "ck",
                         export_pkl=tmp_path / "export.pkl")
     result = train(tiny, tmp_path / "m.safetensors", opts, log=lambda msg: None)
-    assert load_model(result.path)[1].training["no_geometry"] == ["street_"]   # the card says how it was made
+    training = load_model(result.path)[1].training   # the card says how it was made
+    assert training["no_geometry"] == ["street_"] and training["min_scale"] == 0.7
     for model in (result.path, tmp_path / "export.pkl"):
         prob = load_segmenter(model)(np.zeros((1, 48, 64, 3), np.uint8))
         assert prob.shape == (1, 48, 64) and np.isfinite(prob).all()
