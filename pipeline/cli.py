@@ -376,16 +376,16 @@ def preview(thumb_dir: Path, columns: int, video: Path | None, source: Path | No
               help="Also write a fastai learn.export() .pkl here.")
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader workers.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-def train(data: Path, output: Path, epochs: int, minutes, size: int, min_scale: float, work_size, bs: int, lr: float,
-          loss: str, swa: bool, no_geometry: tuple[str, ...], valid_pct: float, valid_list, from_model,
-          resume: bool, checkpoint_dir, export_pkl, workers, device: str) -> None:
+def train(data: Path, output: Path, epochs: int, minutes, size: int, min_scale: float, work_size,
+          bs: int, lr: float, loss: str, swa: bool, no_geometry: tuple[str, ...], valid_pct: float,
+          valid_list, from_model, resume: bool, checkpoint_dir, export_pkl, workers, device: str) -> None:
     """Train the person U-Net on DATA (images/ and masks/ with matching names)."""
     from pipeline.train import DEFAULT_CHECKPOINTS, TrainOptions
     from pipeline.train import train as run_training
 
-    opts = TrainOptions(epochs=epochs, minutes=minutes, size=size, min_scale=min_scale, bs=bs, lr=lr, loss=loss, swa=swa,
-                        no_geometry=no_geometry, valid_pct=valid_pct, valid_list=valid_list,
-                        work_size=work_size, from_model=from_model, resume=resume,
+    opts = TrainOptions(epochs=epochs, minutes=minutes, size=size, min_scale=min_scale, bs=bs, lr=lr,
+                        loss=loss, swa=swa, no_geometry=no_geometry, valid_pct=valid_pct,
+                        valid_list=valid_list, work_size=work_size, from_model=from_model, resume=resume,
                         checkpoint_dir=checkpoint_dir or DEFAULT_CHECKPOINTS,
                         export_pkl=export_pkl, num_workers=workers, device=_resolve_device(device))
     run_training(data, output, opts, log=lambda msg: click.echo(msg, err=True))

@@ -351,7 +351,8 @@ def train(data: Path, out: Path, opts: TrainOptions = TrainOptions(), *, log=pri
     config = replace(config, training={
         **({"base": config.training} if config.training else {}),   # what the --from model was trained on
         "data": str(data), "images": len(dls.train_ds) + len(dls.valid_ds),
-        "epochs": epochs, "size": opts.size, "min_scale": opts.min_scale, "bs": opts.bs, "lr": opts.lr, "loss": opts.loss,
+        "epochs": epochs, "size": opts.size, "min_scale": opts.min_scale, "bs": opts.bs, "lr": opts.lr,
+        "loss": opts.loss,
         "schedule": "swa" if opts.swa else "one-cycle", "no_geometry": list(opts.no_geometry),
         "from_model": str(opts.from_model) if opts.from_model else None,
         "minutes": round(minutes, 1), "device": _describe_device(device),
