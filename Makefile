@@ -100,8 +100,8 @@ bench: $(BIN)/activate  ## benchmark against the reference pipeline (writes outp
 # at least 0.7 of an image, so that people appear at the size the working size gives them (stage
 # 37, `--min-scale`), and the mean of v18 and stage 37 (v19); from v19 2 epochs of the same with
 # 144-px crops of at least 0.8 of an image (stage 41) and the mean of v19 and stage 41 (v20, the
-# shipped model). The runs of stages 8, 9, 11, 12, 13, 28, 30 and 41 also began with one warm-up epoch at a tenth of the rate (`--minutes`);
-# these fixed epoch counts leave it out.
+# shipped model). The runs of stages 8, 9, 11, 12, 13, 28, 30 and 41 also began with one warm-up
+# epoch at a tenth of the rate (`--minutes`); these fixed epoch counts leave it out.
 # Training data and the intermediate stages stay outside the repo, in $(DATA_CACHE), $(DATA384_CACHE)
 # and $(RUNS).
 DATAPREP_FLAGS ?= --max-side 256 --quality 75
@@ -127,17 +127,18 @@ STAGE16_FLAGS ?= --epochs 4 --size 128 --lr 3e-4 --loss ce+dice
 STAGE18_FLAGS ?= --epochs 12 --size 128 --lr 1e-4 --loss ce+dice --swa
 STAGE19_FLAGS ?= --epochs 30 --size 128 --lr 2e-4 --loss ce+dice --swa
 STAGE20_FLAGS ?= --epochs 19 --size 128 --lr 3e-4 --loss ce+dice --swa
-# Stages 25 to 30 share one recipe, which keeps rotation, zoom and warp off the CCP-derived images
-# (street photos); they differ in length and rate.
+# Stages 25 to 41 share one recipe, which keeps rotation, zoom and warp off the CCP-derived images
+# (street photos); they differ in length and rate, and stages 37 and 41 in their crops.
 CCP_NO_GEOMETRY := --no-geometry ccp_ --no-geometry ccpcrop_ --no-geometry compphoto_
-SWA_NO_GEOMETRY_RECIPE := --size 128 --loss ce+dice --swa $(CCP_NO_GEOMETRY)
+SWA_NO_GEOMETRY := --loss ce+dice --swa $(CCP_NO_GEOMETRY)
+SWA_NO_GEOMETRY_RECIPE := --size 128 $(SWA_NO_GEOMETRY)
 STAGE25_FLAGS ?= --epochs 9 --lr 2e-4 $(SWA_NO_GEOMETRY_RECIPE)
 STAGE26_FLAGS ?= --epochs 5 --lr 2e-4 $(SWA_NO_GEOMETRY_RECIPE)
 STAGE28_FLAGS ?= --epochs 32 --lr 1e-4 $(SWA_NO_GEOMETRY_RECIPE)
 STAGE30_FLAGS ?= --epochs 15 --lr 1e-4 $(SWA_NO_GEOMETRY_RECIPE)
 STAGE35_FLAGS ?= --epochs 4 --lr 1e-4 $(SWA_NO_GEOMETRY_RECIPE)
 STAGE37_FLAGS ?= --epochs 6 --lr 1e-4 --min-scale 0.7 $(SWA_NO_GEOMETRY_RECIPE)
-STAGE41_FLAGS ?= --epochs 2 --lr 1e-4 --size 144 --min-scale 0.8 --loss ce+dice --swa $(CCP_NO_GEOMETRY)
+STAGE41_FLAGS ?= --epochs 2 --lr 1e-4 --size 144 --min-scale 0.8 $(SWA_NO_GEOMETRY)
 TRAIN384 := $(BLURVID) train $(DATA384_CACHE)/train $(TRAIN_FLAGS)
 TRAIN_VIDEO_WEIGHTED := $(BLURVID) train $(DATA_CACHE)/train-video-weighted $(TRAIN_FLAGS)
 TRAIN384_CCP_CLIP_WEIGHTED := $(BLURVID) train $(DATA384_CACHE)/train-ccp-clip-weighted $(TRAIN_FLAGS)
