@@ -101,6 +101,20 @@ def mask_pairs(data: Path, split: Path | None = None) -> list[tuple[Path, Path]]
     return pairs
 
 
+def load_pair(img_path: Path, msk_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """rgb, truth = load_pair(image, mask): the image as RGB at the mask's size and the mask as booleans
+    (values 0/255 or 0/1). Raises InputError for a file OpenCV cannot read."""
+    bgr = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
+    msk = cv2.imread(str(msk_path), cv2.IMREAD_GRAYSCALE)
+    if bgr is None or msk is None:
+        raise InputError(f"{img_path if bgr is None else msk_path}: not an image OpenCV can read")
+    truth = msk > (127 if msk.max() > 1 else 0)
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    if rgb.shape[:2] != truth.shape:
+        rgb = cv2.resize(rgb, truth.shape[::-1], interpolation=cv2.INTER_AREA)
+    return rgb, truth
+
+
 def evaluate_masks(segmenter: Segmenter, data: Path, *, split: Path | None = None, zoom: bool = False,
                    progress: Callable[[int], None] | None = None) -> MaskScores:
     """Scores of `segmenter` on DATA's image/mask pairs (see the module docstring)."""
@@ -109,14 +123,7 @@ def evaluate_masks(segmenter: Segmenter, data: Path, *, split: Path | None = Non
     ious, mads, bfs, seconds = [], [], [], 0.0
     pairs = mask_pairs(data, split)
     for img_path, msk_path in pairs:
-        bgr = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
-        msk = cv2.imread(str(msk_path), cv2.IMREAD_GRAYSCALE)
-        if bgr is None or msk is None:
-            raise InputError(f"{img_path if bgr is None else msk_path}: not an image OpenCV can read")
-        truth = msk > (127 if msk.max() > 1 else 0)
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        if rgb.shape[:2] != truth.shape:
-            rgb = cv2.resize(rgb, truth.shape[::-1], interpolation=cv2.INTER_AREA)
+        rgb, truth = load_pair(img_path, msk_path)
         t0 = time.perf_counter()
         prob = predict_full(segmenter, rgb, zoom=zoom)
         seconds += time.perf_counter() - t0

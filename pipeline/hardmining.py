@@ -1,0 +1,93 @@
+"""Hard-example views: a training view in which the images a model segments worst appear more often.
+
+    python -m pipeline.hardmining --model M --train DATA/train --base DATA/train-ccp-clip-weighted \\
+        --out DATA/train-hard-weighted [--prefix eg1800_ --prefix ccp_ --prefix ccpcrop_] [--share 0.25]
+
+Each image of `--train` whose name starts with a `--prefix` is scored with the model the way
+`blurvid process` predicts (pipeline.evaluate: IoU at p > 0.5 against its own mask); within each
+prefix, the `--share` with the lowest IoU are the hard ones. The view is `--base` (itself a view of
+`--train`: pipeline.dataprep's weighted views) with every link to a hard image doubled, so a hard
+image keeps its base weight relative to the others of its kind and gains as much again. Only the
+human-labelled sources are mined by default: on teacher-labelled video frames and composites, the
+worst images are more often wrong labels than hard ones. Links only, no copies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipeline.evaluate import iou, load_pair, mask_pairs, predict_full
+from pipeline.segment import Segmenter
+
+HUMAN_LABELLED_PREFIXES = ("eg1800_", "ccp_", "ccpcrop_")
+HARD_SHARE = 0.25
+
+
+def score_images(segmenter: Segmenter, train: Path, prefixes: Iterable[str]) -> dict[str, float]:
+    """{stem: IoU} of `segmenter` on the images of `train` whose names start with one of `prefixes`."""
+    prefixes = tuple(prefixes)
+    pairs = [(img, msk) for img, msk in mask_pairs(train) if img.stem.startswith(prefixes)]
+    scores = {}
+    for img, msk in tqdm(pairs, desc="scoring", unit="image", leave=False):
+        rgb, truth = load_pair(img, msk)
+        scores[img.stem] = iou(predict_full(segmenter, rgb) > 0.5, truth)
+    return scores
+
+
+def hardest(scores: dict[str, float], prefixes: Iterable[str], share: float = HARD_SHARE) -> set[str]:
+    """The stems with the lowest scores: `share` of each prefix's images (rounded down), so that each
+    kind of image contributes its own worst, however its scores compare with the other kinds'."""
+    hard = set()
+    for prefix in prefixes:
+        ranked = sorted((score, stem) for stem, score in scores.items() if stem.startswith(prefix))
+        hard.update(stem for _, stem in ranked[: int(len(ranked) * share)])
+    return hard
+
+
+def build_hard_view(base: Path, dest: Path, hard: set[str]) -> int:
+    """n = build_hard_view(base_view, dest, hard_stems): `base` again (links to the same files) with
+    every entry whose target's stem is in `hard` doubled (the copy named NAME_hard). A previous view in
+    `dest` is removed first. Returns the number of images in the view."""
+    shutil.rmtree(dest, ignore_errors=True)
+    n = 0
+    for sub in ("images", "masks"):
+        (dest / sub).mkdir(parents=True)
+        for entry in sorted((base / sub).iterdir()):
+            target = entry.resolve()
+            names = [entry.name] + ([f"{entry.stem}_hard{entry.suffix}"] if target.stem in hard else [])
+            for name in names:
+                (dest / sub / name).symlink_to(target)
+            n += len(names) if sub == "images" else 0
+    return n
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m pipeline.hardmining --model M --train DATA/train --base VIEW --out DEST (module docstring)."""
+    from pipeline.segment import load_segmenter
+
+    ap = argparse.ArgumentParser(prog="python -m pipeline.hardmining", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="the model whose mistakes choose the hard images")
+    ap.add_argument("--train", type=Path, required=True, help="the training set (images/ + masks/) to score")
+    ap.add_argument("--base", type=Path, required=True, help="the view of --train to start from")
+    ap.add_argument("--out", type=Path, required=True, help="where to write the new view")
+    ap.add_argument("--prefix", action="append", dest="prefixes",
+                    help=f"mine images whose names start with this (default: {' '.join(HUMAN_LABELLED_PREFIXES)})")
+    ap.add_argument("--share", type=float, default=HARD_SHARE, help="share of each prefix's images that is hard")
+    ap.add_argument("--backend", default="auto", help="torch, onnx or auto (pipeline.segment.load_segmenter)")
+    args = ap.parse_args(argv)
+    prefixes = tuple(args.prefixes or HUMAN_LABELLED_PREFIXES)
+    if not 0 < args.share < 1:
+        ap.error("--share must be between 0 and 1")
+    scores = score_images(load_segmenter(args.model, backend=args.backend), args.train, prefixes)
+    hard = hardest(scores, prefixes, args.share)
+    n = build_hard_view(args.base, args.out, hard)
+    print(f"{args.out}: {n} images ({len(hard)} hard of {len(scores)} scored, each link to them doubled)")
+
+
+if __name__ == "__main__":
+    main()
