@@ -29,7 +29,8 @@ HARD_SHARE = 0.25
 
 
 def score_images(segmenter: Segmenter, train: Path, prefixes: Iterable[str]) -> dict[str, float]:
-    """{stem: IoU} of `segmenter` on the images of `train` whose names start with one of `prefixes`."""
+    """scores = score_images(load_segmenter(M), DATA / "train", ("ccp_",)): {stem: IoU} of `segmenter` on
+    the images of `train` whose names start with one of `prefixes`."""
     prefixes = tuple(prefixes)
     pairs = [(img, msk) for img, msk in mask_pairs(train) if img.stem.startswith(prefixes)]
     scores = {}
@@ -40,8 +41,9 @@ def score_images(segmenter: Segmenter, train: Path, prefixes: Iterable[str]) -> 
 
 
 def hardest(scores: dict[str, float], prefixes: Iterable[str], share: float = HARD_SHARE) -> set[str]:
-    """The stems with the lowest scores: `share` of each prefix's images (rounded down), so that each
-    kind of image contributes its own worst, however its scores compare with the other kinds'."""
+    """hard = hardest(scores, ("eg1800_", "ccp_")): the stems with the lowest scores, `share` of each
+    prefix's images (rounded down), so that each kind of image contributes its own worst, however its
+    scores compare with the other kinds'."""
     hard = set()
     for prefix in prefixes:
         ranked = sorted((score, stem) for stem, score in scores.items() if stem.startswith(prefix))
@@ -54,16 +56,14 @@ def build_hard_view(base: Path, dest: Path, hard: set[str]) -> int:
     every entry whose target's stem is in `hard` doubled (the copy named NAME_hard). A previous view in
     `dest` is removed first. Returns the number of images in the view."""
     shutil.rmtree(dest, ignore_errors=True)
-    n = 0
     for sub in ("images", "masks"):
         (dest / sub).mkdir(parents=True)
-        for entry in sorted((base / sub).iterdir()):
+        for entry in (base / sub).iterdir():
             target = entry.resolve()
-            names = [entry.name] + ([f"{entry.stem}_hard{entry.suffix}"] if target.stem in hard else [])
-            for name in names:
-                (dest / sub / name).symlink_to(target)
-            n += len(names) if sub == "images" else 0
-    return n
+            (dest / sub / entry.name).symlink_to(target)
+            if target.stem in hard:
+                (dest / sub / f"{entry.stem}_hard{entry.suffix}").symlink_to(target)
+    return sum(1 for _ in (dest / "images").iterdir())
 
 
 def main(argv: list[str] | None = None) -> None:
