@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 from tqdm import tqdm
 
+from pipeline.errors import BlurvidError, InputError
 from pipeline.evaluate import iou, load_pair, mask_pairs, predict_full
 from pipeline.segment import Segmenter
 
@@ -30,9 +32,11 @@ HARD_SHARE = 0.25
 
 def score_images(segmenter: Segmenter, train: Path, prefixes: Iterable[str]) -> dict[str, float]:
     """scores = score_images(load_segmenter(M), DATA / "train", ("ccp_",)): {stem: IoU} of `segmenter` on
-    the images of `train` whose names start with one of `prefixes`."""
+    the images of `train` whose names start with one of `prefixes`. InputError if there are none."""
     prefixes = tuple(prefixes)
     pairs = [(img, msk) for img, msk in mask_pairs(train) if img.stem.startswith(prefixes)]
+    if not pairs:
+        raise InputError(f"{train}: no image whose name starts with {' or '.join(prefixes)}")
     scores = {}
     for img, msk in tqdm(pairs, desc="scoring", unit="image", leave=False):
         rgb, truth = load_pair(img, msk)
@@ -66,8 +70,10 @@ def build_hard_view(base: Path, dest: Path, hard: set[str]) -> int:
     return sum(1 for _ in (dest / "images").iterdir())
 
 
-def main(argv: list[str] | None = None) -> None:
-    """python -m pipeline.hardmining --model M --train DATA/train --base VIEW --out DEST (module docstring)."""
+def main(argv: list[str] | None = None) -> int:
+    """python -m pipeline.hardmining --model M --train DATA/train --base VIEW --out DEST (module docstring);
+    returns the exit status (1 with one line on stderr for bad input: a missing folder or model, or
+    no image with one of the prefixes)."""
     from pipeline.segment import load_segmenter
 
     ap = argparse.ArgumentParser(prog="python -m pipeline.hardmining", description=__doc__.splitlines()[0])
@@ -83,11 +89,18 @@ def main(argv: list[str] | None = None) -> None:
     prefixes = tuple(args.prefixes or HUMAN_LABELLED_PREFIXES)
     if not 0 < args.share < 1:
         ap.error("--share must be between 0 and 1")
-    scores = score_images(load_segmenter(args.model, backend=args.backend), args.train, prefixes)
+    try:
+        if not (args.base / "images").is_dir() or not (args.base / "masks").is_dir():
+            raise InputError(f"{args.base}: expected a folder with images/ and masks/ inside")
+        scores = score_images(load_segmenter(args.model, backend=args.backend), args.train, prefixes)
+    except BlurvidError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     hard = hardest(scores, prefixes, args.share)
     n = build_hard_view(args.base, args.out, hard)
     print(f"{args.out}: {n} images ({len(hard)} hard of {len(scores)} scored, each link to them doubled)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

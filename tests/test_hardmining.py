@@ -70,11 +70,27 @@ def test_hard_view_doubles_every_link_to_a_hard_image(train: Path, tmp_path: Pat
 def test_command_line_writes_the_view(train: Path, tmp_path: Path, tiny_model: Path, capsys) -> None:
     view = tmp_path / "hard"
     # the training set itself as the base, as README's own-footage example does
-    hardmining.main(["--model", str(tiny_model), "--train", str(train), "--base", str(train),
-                     "--out", str(view), "--backend", "torch", "--share", "0.5"])
+    assert hardmining.main(["--model", str(tiny_model), "--train", str(train), "--base", str(train),
+                            "--out", str(view), "--backend", "torch", "--share", "0.5"]) == 0
     # half of the 8 portraits and of the 4 street photos: 4 + 2 extra links
     assert len(list((view / "images").iterdir())) == 14 + 4 + 2
     assert f"{view}: 20 images (6 hard of 12 scored" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         hardmining.main(["--model", str(tiny_model), "--train", str(train), "--base", str(train),
                          "--out", str(view), "--share", "1.5"])
+
+
+@pytest.mark.parametrize("problem", ["no such prefix", "missing train", "missing base", "missing model"])
+def test_bad_input_is_one_line_and_no_view(train: Path, tmp_path: Path, tiny_model: Path, capsys,
+                                           problem: str) -> None:
+    args = {"--model": str(tiny_model), "--train": str(train), "--base": str(train),
+            "--out": str(tmp_path / "hard"), "--backend": "torch"}
+    if problem == "no such prefix":
+        args["--prefix"] = "nobody_"
+    else:
+        key = {"missing train": "--train", "missing base": "--base", "missing model": "--model"}[problem]
+        args[key] = str(tmp_path / "nope.safetensors")
+    assert hardmining.main([item for pair in args.items() for item in pair]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert not (tmp_path / "hard").exists()
