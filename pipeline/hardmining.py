@@ -8,8 +8,8 @@ Each image of `--train` whose name starts with a `--prefix` is scored with the m
 prefix, the `--share` with the lowest IoU are the hard ones. The view is `--base` (itself a view of
 `--train`: pipeline.dataprep's weighted views) with every link to a hard image doubled, so a hard
 image keeps its base weight relative to the others of its kind and gains as much again. Only the
-human-labelled sources are mined by default: on teacher-labelled video frames and composites, the
-worst images are more often wrong labels than hard ones. Links only, no copies.
+human-labelled sources are mined by default: where a label is another model's guess (the teacher's
+video frames), a low score says as much about the label as about the network. Links only, no copies.
 """
 
 from __future__ import annotations
