@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from pipeline.errors import BlurvidError, InputError
 from pipeline.evaluate import iou, load_pair, mask_pairs, predict_full
-from pipeline.segment import Segmenter
+from pipeline.segment import Segmenter, load_segmenter
 
 HUMAN_LABELLED_PREFIXES = ("eg1800_", "ccp_", "ccpcrop_")
 HARD_SHARE = 0.25
@@ -74,8 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     """python -m pipeline.hardmining --model M --train DATA/train --base VIEW --out DEST (module docstring);
     returns the exit status (1 with one line on stderr for bad input: a missing folder or model, or
     no image with one of the prefixes)."""
-    from pipeline.segment import load_segmenter
-
     ap = argparse.ArgumentParser(prog="python -m pipeline.hardmining", description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="the model whose mistakes choose the hard images")
     ap.add_argument("--train", type=Path, required=True, help="the training set (images/ + masks/) to score")
@@ -90,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.share < 1:
         ap.error("--share must be between 0 and 1")
     try:
-        if not (args.base / "images").is_dir() or not (args.base / "masks").is_dir():
-            raise InputError(f"{args.base}: expected a folder with images/ and masks/ inside")
+        mask_pairs(args.base)   # the base view must be images/ + masks/ too
         scores = score_images(load_segmenter(args.model, backend=args.backend), args.train, prefixes)
     except BlurvidError as e:
         print(f"error: {e}", file=sys.stderr)
