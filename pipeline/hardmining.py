@@ -1,7 +1,8 @@
 """Hard-example views: a training view in which the images a model segments worst appear more often.
 
     python -m pipeline.hardmining --model M --train DATA/train --base DATA/train-ccp-clip-weighted \\
-        --out DATA/train-hard-weighted [--prefix eg1800_ --prefix ccp_ --prefix ccpcrop_] [--share 0.25]
+        --out DATA/train-hard-weighted [--prefix eg1800_ --prefix ccp_ --prefix ccpcrop_] [--share 0.25] \\
+        [--floor 0.8]
 
 Each image of `--train` whose name starts with a `--prefix` is scored with the model the way
 `blurvid process` predicts (pipeline.evaluate: IoU at p > 0.5 against its own mask); within each
@@ -10,6 +11,11 @@ prefix, the `--share` with the lowest IoU are the hard ones. The view is `--base
 image keeps its base weight relative to the others of its kind and gains as much again. Only the
 human-labelled sources are mined by default: where a label is another model's guess (the teacher's
 video frames), a low score says as much about the label as about the network. Links only, no copies.
+
+Even a human's label can be wrong: the worst-scored photos of EG1800 and CCP include masks that leave
+out half a body or most of the hair (MODEL.md). With `--floor F`, an image scoring below F is taken
+for a wrong label rather than a hard example: it is left out of the view altogether, and its name is
+listed in the view's suspects.txt to check by eye.
 """
 
 from __future__ import annotations
@@ -55,15 +61,24 @@ def hardest(scores: dict[str, float], prefixes: Iterable[str], share: float = HA
     return hard
 
 
-def build_hard_view(base: Path, dest: Path, hard: set[str]) -> int:
-    """n = build_hard_view(base_view, dest, hard_stems): `base` again (links to the same files) with
-    every entry whose target's stem is in `hard` doubled (the copy named NAME_hard). A previous view in
-    `dest` is removed first. Returns the number of images in the view."""
+def suspects(scores: dict[str, float], floor: float) -> set[str]:
+    """left_out = suspects(scores, 0.8): the stems scoring below `floor`, whose labels are more likely
+    wrong than hard (module docstring)."""
+    return {stem for stem, score in scores.items() if score < floor}
+
+
+def build_hard_view(base: Path, dest: Path, hard: set[str], left_out: set[str] = frozenset()) -> int:
+    """n = build_hard_view(base_view, dest, hard_stems, suspect_stems): `base` again (links to the same
+    files) with every entry whose target's stem is in `hard` doubled (the copy named NAME_hard) and
+    every entry whose target's stem is in `left_out` dropped. A previous view in `dest` is removed
+    first. Returns the number of images in the view."""
     shutil.rmtree(dest, ignore_errors=True)
     for sub in ("images", "masks"):
         (dest / sub).mkdir(parents=True)
         for entry in (base / sub).iterdir():
             target = entry.resolve()
+            if target.stem in left_out:
+                continue
             (dest / sub / entry.name).symlink_to(target)
             if target.stem in hard:
                 (dest / sub / f"{entry.stem}_hard{entry.suffix}").symlink_to(target)
@@ -82,20 +97,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prefix", action="append", dest="prefixes",
                     help=f"mine images whose names start with this (default: {' '.join(HUMAN_LABELLED_PREFIXES)})")
     ap.add_argument("--share", type=float, default=HARD_SHARE, help="share of each prefix's images that is hard")
+    ap.add_argument("--floor", type=float, default=0.0,
+                    help="leave out images scoring below this as wrong labels, listed in suspects.txt (default: none)")
     ap.add_argument("--backend", default="auto", help="torch, onnx or auto (pipeline.segment.load_segmenter)")
     args = ap.parse_args(argv)
     prefixes = tuple(args.prefixes or HUMAN_LABELLED_PREFIXES)
     if not 0 < args.share < 1:
         ap.error("--share must be between 0 and 1")
+    if not 0 <= args.floor < 1:
+        ap.error("--floor must be at least 0 and below 1")
     try:
         mask_pairs(args.base)   # the base view must be images/ + masks/ too
         scores = score_images(load_segmenter(args.model, backend=args.backend), args.train, prefixes)
     except BlurvidError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    hard = hardest(scores, prefixes, args.share)
-    n = build_hard_view(args.base, args.out, hard)
-    print(f"{args.out}: {n} images ({len(hard)} hard of {len(scores)} scored, each link to them doubled)")
+    left_out = suspects(scores, args.floor)
+    kept = {stem: score for stem, score in scores.items() if stem not in left_out}
+    hard = hardest(kept, prefixes, args.share)
+    n = build_hard_view(args.base, args.out, hard, left_out)
+    summary = f"{len(hard)} hard of {len(scores)} scored, each link to them doubled"
+    if args.floor:
+        (args.out / "suspects.txt").write_text("".join(f"{stem}\t{scores[stem]:.3f}\n" for stem in sorted(left_out)))
+        summary += f"; {len(left_out)} scoring under {args.floor} left out, listed in suspects.txt"
+    print(f"{args.out}: {n} images ({summary})")
     return 0
 
 

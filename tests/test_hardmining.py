@@ -80,6 +80,24 @@ def test_command_line_writes_the_view(train: Path, tmp_path: Path, tiny_model: P
                          "--out", str(view), "--share", "1.5"])
 
 
+def test_floor_leaves_wrong_labels_out_and_lists_them(train: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(hardmining, "load_segmenter", lambda model, backend: RedDiscReader())
+    base = tmp_path / "base"
+    dataprep.build_weighted_view(train, base, {"ccp_": 2})
+    view = tmp_path / "hard"
+    assert hardmining.main(["--model", "disc", "--train", str(train), "--base", str(base), "--out", str(view),
+                            "--prefix", "eg1800_", "--prefix", "ccp_", "--floor", "0.5"]) == 0
+    targets = [entry.resolve().stem for entry in (view / "images").iterdir()]
+    assert not WRONG_MASKS & set(targets)                     # every link to a wrong label is gone
+    # the base's 18 links less 2 portraits and ccp_002's 2 links, plus the one hard portrait of the 6 left
+    # (a quarter of 3 street photos rounds down to none)
+    assert len(targets) == 18 - 2 - 2 + 1
+    assert sum(entry.stem.endswith("_hard") for entry in (view / "images").iterdir()) == 1
+    listed = [line.split("\t")[0] for line in (view / "suspects.txt").read_text().splitlines()]
+    assert listed == sorted(WRONG_MASKS)
+    assert "3 scoring under 0.5 left out" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("problem", ["no such prefix", "missing train", "missing base", "missing model"])
 def test_bad_input_is_one_line_and_no_view(train: Path, tmp_path: Path, tiny_model: Path, capsys,
                                            problem: str) -> None:
