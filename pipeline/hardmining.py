@@ -13,9 +13,10 @@ human-labelled sources are mined by default: where a label is another model's gu
 video frames), a low score says as much about the label as about the network. Links only, no copies.
 
 Even a human's label can be wrong: the worst-scored photos of EG1800 and CCP include masks that leave
-out half a body or most of the hair (MODEL.md). With `--floor F`, an image scoring below F is taken
-for a wrong label rather than a hard example: it is left out of the view altogether, and its name is
-listed in the view's suspects.txt to check by eye.
+out half a body or most of the hair. With `--floor F`, an image scoring below F is set aside as a
+possibly wrong label: it is left out of the view altogether and listed, with its score, in the
+view's suspects.txt. Look before relying on it: of the 24 shipped-model photos under 0.8, most were
+the model's own mistakes (bags, bicycles, bystanders), the very examples mining is for (MODEL.md).
 """
 
 from __future__ import annotations
