@@ -406,11 +406,13 @@ def train(data: Path, output: Path, epochs: int, minutes, size: int, min_scale: 
                                        "flicker (process uses 0.005).")
 @click.option("--work-size", type=SIZE, default=None,
               help="Model input size WxH instead of the model's own (to trade speed for accuracy).")
+@click.option("--worst", type=click.IntRange(min=0), default=0, metavar="N",
+              help="Also name the N images with the lowest IoU (failures to look at; wrong masks).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @process_options_named("backend", "zoom")
 def evaluate(model_path: Path, data: Path | None, split, video, smooth: float, reuse: float, work_size,
-             as_json: bool, device: str, backend: str, zoom: bool) -> None:
+             worst: int, as_json: bool, device: str, backend: str, zoom: bool) -> None:
     """Score MODEL on DATA (images/ + masks/): IoU, MAD, boundary F; flicker with --video.
 
     MODEL is a model file, 'default' for the shipped one, or 'teacher' for the MediaPipe teacher."""
@@ -433,7 +435,8 @@ def evaluate(model_path: Path, data: Path | None, split, video, smooth: float, r
                     "work_size": "x".join(map(str, seg.work_size)), "zoom": zoom}
     if data is not None:
         with tqdm(unit="image", disable=as_json, desc="evaluate", leave=False) as bar:
-            result.update(vars(evaluate_masks(seg, data, split=split, zoom=zoom, progress=bar.update)))
+            result.update(vars(evaluate_masks(seg, data, split=split, zoom=zoom, worst=worst,
+                                              progress=bar.update)))
     if video is not None:
         from pipeline.reuse import MaskReuse
         from pipeline.temporal import TemporalSmoother
@@ -443,9 +446,12 @@ def evaluate(model_path: Path, data: Path | None, split, video, smooth: float, r
                                           reuse=MaskReuse(reuse) if reuse else None, zoom=zoom)
     if as_json:
         click.echo(json.dumps(result, indent=2))
-    else:
-        for key, value in result.items():
-            click.echo(f"{key:<14}{value:.4f}" if isinstance(value, float) else f"{key:<14}{value}")
+        return
+    worst_images = result.pop("worst", [])
+    for key, value in result.items():
+        click.echo(f"{key:<14}{value:.4f}" if isinstance(value, float) else f"{key:<14}{value}")
+    for stem, score in worst_images:
+        click.echo(f"{'worst':<14}{score:.4f}  {stem}")
 
 
 @main.command("export-int8")

@@ -1,20 +1,20 @@
 """Measure a person model: IoU, MAD and boundary F-score on masks, flicker on a video.
 
-    scores = evaluate_masks(load_segmenter(), Path("data/test"))        # images/ + masks/
-    print(scores.iou, scores.mad, scores.boundary_f)
+    scores = evaluate_masks(load_segmenter(), Path("data/test"), worst=10)   # images/ + masks/
+    print(scores.iou, scores.mad, scores.boundary_f, scores.worst)
     print(video_flicker(load_segmenter(), Path("talking.mp4")))
 
 Predictions are made the way `blurvid process` makes them: the model looks at the frame resized to
 its working size (fitted to its aspect), and with `zoom` then at a crop around the people it
 found (pipeline.zoom); the soft mask is upsampled edge-aware to the mask's size. Means are over
-images (each image counts once, as in the EG1800 literature).
+images (each image counts once, as in the EG1800 literature). `worst` names the images with the
+lowest IoU: where a model fails, and where a mask may be wrong.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -30,20 +30,14 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 @dataclass
 class MaskScores:
-    """Mean per-image scores over a folder; higher is better except MAD."""
+    """Mean per-image scores over a folder (higher is better except MAD), and the images that scored worst."""
 
     images: int
     iou: float          # intersection over union at p > 0.5
     mad: float          # mean absolute difference of the soft mask from the 0/1 truth
     boundary_f: float   # F-score of the predicted edge against the true edge, within a small tolerance
     ms_per_image: float
-
-    def table(self) -> str:
-        return (f"images       {self.images}\nIoU          {self.iou:.4f}\nMAD          {self.mad:.4f}\n"
-                f"boundary F   {self.boundary_f:.4f}\nms/image     {self.ms_per_image:.1f}")
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+    worst: list[tuple[str, float]] = field(default_factory=list)   # (image stem, IoU), lowest first
 
 
 def iou(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -116,8 +110,9 @@ def load_pair(img_path: Path, msk_path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def evaluate_masks(segmenter: Segmenter, data: Path, *, split: Path | None = None, zoom: bool = False,
-                   progress: Callable[[int], None] | None = None) -> MaskScores:
-    """Scores of `segmenter` on DATA's image/mask pairs (see the module docstring)."""
+                   worst: int = 0, progress: Callable[[int], None] | None = None) -> MaskScores:
+    """Scores of `segmenter` on DATA's image/mask pairs (see the module docstring), naming the `worst`
+    images with the lowest IoU."""
     import time
 
     ious, mads, bfs, seconds = [], [], [], 0.0
@@ -133,8 +128,10 @@ def evaluate_masks(segmenter: Segmenter, data: Path, *, split: Path | None = Non
         bfs.append(boundary_f(pred, truth))
         if progress:
             progress(1)
+    ranked = sorted(zip(ious, (img.stem for img, _ in pairs)))
     return MaskScores(images=len(pairs), iou=float(np.mean(ious)), mad=float(np.mean(mads)),
-                      boundary_f=float(np.mean(bfs)), ms_per_image=1000 * seconds / len(pairs))
+                      boundary_f=float(np.mean(bfs)), ms_per_image=1000 * seconds / len(pairs),
+                      worst=[(stem, score) for score, stem in ranked[:worst]])
 
 
 def video_flicker(segmenter: Segmenter, video: Path, *, max_frames: int | None = 250,

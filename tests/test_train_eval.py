@@ -371,6 +371,18 @@ def test_evaluate_perfect_and_empty(tiny):
     assert empty.iou == 0.0 and empty.boundary_f == 0.0
 
 
+def test_evaluate_names_the_worst_images_lowest_first(tiny):
+    for stem in ("003", "007"):   # masks drawn in a corner no disc reaches: the oracle's answer misses them
+        wrong = np.zeros((48, 64), np.uint8)
+        cv2.circle(wrong, (5, 5), 5, 255, -1)
+        cv2.imwrite(str(tiny / "masks" / f"{stem}.png"), wrong)
+    scores = evaluate_masks(Oracle("perfect"), tiny, worst=3)
+    assert [stem for stem, _ in scores.worst[:2]] == ["003", "007"]
+    ious = [score for _, score in scores.worst]
+    assert ious == sorted(ious) and ious[1] == 0.0 and ious[2] > 0.9
+    assert evaluate_masks(Oracle("perfect"), tiny).worst == []
+
+
 def test_metric_edge_cases():
     a = np.zeros((20, 20), bool)
     b = a.copy()
@@ -389,7 +401,7 @@ def test_frames_then_label(make_video, tmp_path):
     assert set(np.unique(msk)) <= {0, 255} and (msk == 255).any()
 
 
-def test_evaluate_cli_work_size_and_smoothed_flicker(tiny, tiny_model, make_video, tmp_path):
+def test_evaluate_cli_work_size_worst_images_and_smoothed_flicker(tiny, tiny_model, make_video, tmp_path):
     import json
 
     from click.testing import CliRunner
@@ -403,8 +415,13 @@ def test_evaluate_cli_work_size_and_smoothed_flicker(tiny, tiny_model, make_vide
         assert res.exit_code == 0, res.output
         return json.loads(res.output)
 
-    scores = run(str(tiny), "--work-size", "32x32")
+    scores = run(str(tiny), "--work-size", "32x32", "--worst", "2")
     assert scores["work_size"] == "32x32" and scores["images"] == 12 and 0 <= scores["iou"] <= 1
+    assert len(scores["worst"]) == 2 and scores["worst"][0][1] <= scores["worst"][1][1] <= scores["iou"]
+    table = CliRunner().invoke(main, ["evaluate", str(tiny_model), str(tiny), "--work-size", "32x32",
+                                      "--worst", "2"]).output
+    assert [line.split()[-1] for line in table.splitlines() if line.startswith("worst")] == \
+        [stem for stem, _ in scores["worst"]]
     raw = run("--video", str(clip))
     smoothed = run("--video", str(clip), "--smooth", "0.9")
     assert raw["smooth"] == 0 and smoothed["smooth"] == 0.9
