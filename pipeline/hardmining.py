@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 from tqdm import tqdm
@@ -63,12 +63,12 @@ def hardest(scores: dict[str, float], prefixes: Iterable[str], share: float = HA
 
 
 def suspects(scores: dict[str, float], floor: float) -> set[str]:
-    """left_out = suspects(scores, 0.8): the stems scoring below `floor`, whose labels are more likely
-    wrong than hard (module docstring)."""
+    """left_out = suspects(scores, 0.8): the stems scoring below `floor`, whose masks may be wrong and
+    are worth a look (module docstring)."""
     return {stem for stem, score in scores.items() if score < floor}
 
 
-def build_hard_view(base: Path, dest: Path, hard: set[str], left_out: set[str] = frozenset()) -> int:
+def build_hard_view(base: Path, dest: Path, hard: Collection[str], left_out: Collection[str] = ()) -> int:
     """n = build_hard_view(base_view, dest, hard_stems, suspect_stems): `base` again (links to the same
     files) with every entry whose target's stem is in `hard` doubled (the copy named NAME_hard) and
     every entry whose target's stem is in `left_out` dropped. A previous view in `dest` is removed
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"mine images whose names start with this (default: {' '.join(HUMAN_LABELLED_PREFIXES)})")
     ap.add_argument("--share", type=float, default=HARD_SHARE, help="share of each prefix's images that is hard")
     ap.add_argument("--floor", type=float, default=0.0,
-                    help="leave out images scoring below this as wrong labels, listed in suspects.txt (default: none)")
+                    help="leave out images scoring below this (masks to check), listed in suspects.txt (default: none)")
     ap.add_argument("--backend", default="auto", help="torch, onnx or auto (pipeline.segment.load_segmenter)")
     args = ap.parse_args(argv)
     prefixes = tuple(args.prefixes or HUMAN_LABELLED_PREFIXES)
