@@ -408,11 +408,14 @@ def train(data: Path, output: Path, epochs: int, minutes, size: int, min_scale: 
               help="Model input size WxH instead of the model's own (to trade speed for accuracy).")
 @click.option("--worst", type=click.IntRange(min=0), default=0, metavar="N",
               help="Also name the N images with the lowest IoU (failures to look at; wrong masks).")
+@click.option("--against", "against_path", type=click.Path(path_type=Path), default=None, metavar="OTHER",
+              help="Also score model OTHER on DATA and report MODEL's IoU minus OTHER's, image by image, "
+                   "with a 95 % bootstrap interval.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @process_options_named("backend", "zoom")
 def evaluate(model_path: Path, data: Path | None, split, video, smooth: float, reuse: float, work_size,
-             worst: int, as_json: bool, device: str, backend: str, zoom: bool) -> None:
+             worst: int, against_path: Path | None, as_json: bool, device: str, backend: str, zoom: bool) -> None:
     """Score MODEL on DATA (images/ + masks/): IoU, MAD, boundary F; flicker with --video.
 
     MODEL is a model file, 'default' for the shipped one, or 'teacher' for the MediaPipe teacher."""
@@ -420,23 +423,37 @@ def evaluate(model_path: Path, data: Path | None, split, video, smooth: float, r
 
     from tqdm import tqdm
 
-    from pipeline.evaluate import evaluate_masks, video_flicker
+    from pipeline.evaluate import evaluate_masks, paired_difference, video_flicker
     from pipeline.segment import load_segmenter
 
     if data is None and video is None:
         raise click.UsageError("give DATA, --video, or both")
-    if str(model_path) == "teacher":   # the MediaPipe teacher, for comparison (MODEL.md)
-        from pipeline.dataprep import DEFAULT_TEACHER_DIR, Teacher, TeacherSegmenter
-        seg = TeacherSegmenter(Teacher(DEFAULT_TEACHER_DIR))
-    else:
-        seg = load_segmenter(None if str(model_path) == "default" else model_path,
-                             device=_resolve_device(device), work_size=work_size, backend=backend)
+    if against_path is not None and data is None:
+        raise click.UsageError("--against compares scores on DATA: give DATA too")
+
+    def load(path: Path):
+        if str(path) == "teacher":   # the MediaPipe teacher, for comparison (MODEL.md)
+            from pipeline.dataprep import DEFAULT_TEACHER_DIR, Teacher, TeacherSegmenter
+            return TeacherSegmenter(Teacher(DEFAULT_TEACHER_DIR))
+        return load_segmenter(None if str(path) == "default" else path,
+                              device=_resolve_device(device), work_size=work_size, backend=backend)
+
+    def score(segmenter, name: str, keep: int):
+        with tqdm(unit="image", disable=as_json, desc=name, leave=False) as bar:
+            return evaluate_masks(segmenter, data, split=split, zoom=zoom, worst=keep, progress=bar.update)
+
+    seg = load(model_path)
+    against_seg = load(against_path) if against_path is not None else None   # a bad OTHER fails before scoring
     result: dict = {"model": str(model_path), "backend": getattr(seg, "backend", "torch"),
                     "work_size": "x".join(map(str, seg.work_size)), "zoom": zoom}
     if data is not None:
-        with tqdm(unit="image", disable=as_json, desc="evaluate", leave=False) as bar:
-            result.update(vars(evaluate_masks(seg, data, split=split, zoom=zoom, worst=worst,
-                                              progress=bar.update)))
+        scores = score(seg, "evaluate", worst)
+        result.update({key: value for key, value in vars(scores).items() if key != "per_image"})
+        if against_seg is not None:
+            other = score(against_seg, "against", 0)
+            diff = paired_difference(other.per_image, scores.per_image)
+            result["against"] = {"model": str(against_path), "iou": other.iou, "difference": diff.mean,
+                                 "low": diff.low, "high": diff.high, "resolved": diff.resolved}
     if video is not None:
         from pipeline.reuse import MaskReuse
         from pipeline.temporal import TemporalSmoother
@@ -447,11 +464,16 @@ def evaluate(model_path: Path, data: Path | None, split, video, smooth: float, r
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    worst_images = result.pop("worst", [])
+    worst_images, against = result.pop("worst", []), result.pop("against", None)
     for key, value in result.items():
         click.echo(f"{key:<14}{value:.4f}" if isinstance(value, float) else f"{key:<14}{value}")
-    for stem, score in worst_images:
-        click.echo(f"{'worst':<14}{score:.4f}  {stem}")
+    for stem, iou in worst_images:
+        click.echo(f"{'worst':<14}{iou:.4f}  {stem}")
+    if against:   # in IoU points, as MODEL.md reports differences
+        click.echo(f"{'against':<14}{against['model']}\n{'against_iou':<14}{against['iou']:.4f}\n"
+                   f"{'difference':<14}{100 * against['difference']:+.2f} points (95 % interval "
+                   f"{100 * against['low']:+.2f} to {100 * against['high']:+.2f}"
+                   f"{'' if against['resolved'] else ', not resolved'})")
 
 
 @main.command("export-int8")

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from helpers import make_tiny_dataset
+from helpers import make_tiny_dataset, make_tiny_model
 from pipeline.errors import InputError
-from pipeline.evaluate import boundary_f, evaluate_masks, iou
+from pipeline.evaluate import boundary_f, evaluate_masks, iou, paired_difference
 from pipeline.label import draft_masks, extract_frames
 from pipeline.segment import load_segmenter
 
@@ -383,6 +383,17 @@ def test_evaluate_names_the_worst_images_lowest_first(tiny):
     assert evaluate_masks(Oracle("perfect"), tiny).worst == []
 
 
+def test_paired_difference_is_the_mean_gain_per_image_with_its_spread():
+    base = {"a": 0.5, "b": 0.6, "c": 0.7, "d": 0.8}
+    better = paired_difference(base, {stem: score + 0.1 for stem, score in base.items()})
+    assert better.images == 4 and better.mean == pytest.approx(0.1)
+    assert better.low == pytest.approx(0.1) and better.high == pytest.approx(0.1) and better.resolved
+    mixed = paired_difference(base, {"a": 0.6, "b": 0.5, "c": 0.7, "d": 0.8})   # +0.1, -0.1, 0, 0
+    assert mixed.mean == pytest.approx(0.0) and mixed.low < 0 < mixed.high and not mixed.resolved
+    with pytest.raises(InputError):
+        paired_difference(base, {"a": 0.5})
+
+
 def test_metric_edge_cases():
     a = np.zeros((20, 20), bool)
     b = a.copy()
@@ -401,7 +412,7 @@ def test_frames_then_label(make_video, tmp_path):
     assert set(np.unique(msk)) <= {0, 255} and (msk == 255).any()
 
 
-def test_evaluate_cli_work_size_worst_images_and_smoothed_flicker(tiny, tiny_model, make_video, tmp_path):
+def test_evaluate_cli_work_size_worst_images_comparison_and_smoothed_flicker(tiny, tiny_model, make_video, tmp_path):
     import json
 
     from click.testing import CliRunner
@@ -422,6 +433,19 @@ def test_evaluate_cli_work_size_worst_images_and_smoothed_flicker(tiny, tiny_mod
                                       "--worst", "2"]).output
     assert [line.split()[-1] for line in table.splitlines() if line.startswith("worst")] == \
         [stem for stem, _ in scores["worst"]]
+    other = make_tiny_model(tmp_path, "other")
+    compared = run(str(tiny), "--work-size", "32x32", "--against", str(other))["against"]
+    assert compared["model"] == str(other)
+    assert compared["difference"] == pytest.approx(scores["iou"] - compared["iou"])
+    assert compared["low"] <= compared["difference"] <= compared["high"]
+    itself = run(str(tiny), "--work-size", "32x32", "--against", str(tiny_model))["against"]
+    assert itself["difference"] == itself["low"] == itself["high"] == 0 and not itself["resolved"]
+    table = CliRunner().invoke(main, ["evaluate", str(tiny_model), str(tiny), "--against", str(other)]).output
+    assert "points (95 % interval" in table
+    assert CliRunner().invoke(main, ["evaluate", str(tiny_model), "--video", str(clip),
+                                     "--against", str(other)]).exit_code == 2
+    missing = CliRunner().invoke(main, ["evaluate", str(tiny_model), str(tiny), "--against", str(tmp_path / "nope")])
+    assert missing.exit_code == 1 and "images" not in missing.stdout   # fails before scoring anything
     raw = run("--video", str(clip))
     smoothed = run("--video", str(clip), "--smooth", "0.9")
     assert raw["smooth"] == 0 and smoothed["smooth"] == 0.9
