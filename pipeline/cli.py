@@ -438,19 +438,20 @@ def evaluate(model_path: Path, data: Path | None, split, video, smooth: float, r
         return load_segmenter(None if str(path) == "default" else path,
                               device=_resolve_device(device), work_size=work_size, backend=backend)
 
-    def score(segmenter, name: str, keep: int):
+    def score(segmenter, name: str):
         with tqdm(unit="image", disable=as_json, desc=name, leave=False) as bar:
-            return evaluate_masks(segmenter, data, split=split, zoom=zoom, worst=keep, progress=bar.update)
+            return evaluate_masks(segmenter, data, split=split, zoom=zoom, progress=bar.update)
 
     seg = load(model_path)
     against_seg = load(against_path) if against_path is not None else None   # a bad OTHER fails before scoring
     result: dict = {"model": str(model_path), "backend": getattr(seg, "backend", "torch"),
                     "work_size": "x".join(map(str, seg.work_size)), "zoom": zoom}
     if data is not None:
-        scores = score(seg, "evaluate", worst)
+        scores = score(seg, "evaluate")
         result.update({key: value for key, value in vars(scores).items() if key != "per_image"})
+        result["worst"] = scores.lowest(worst)
         if against_seg is not None:
-            other = score(against_seg, "against", 0)
+            other = score(against_seg, "against")
             diff = paired_difference(other.per_image, scores.per_image)
             result["against"] = {"model": str(against_path), "iou": other.iou, "difference": diff.mean,
                                  "low": diff.low, "high": diff.high, "resolved": diff.resolved}

@@ -1,18 +1,18 @@
 """Measure a person model: IoU, MAD and boundary F-score on masks, flicker on a video.
 
-    scores = evaluate_masks(load_segmenter(), Path("data/test"), worst=10)   # images/ + masks/
-    print(scores.iou, scores.mad, scores.boundary_f, scores.worst)
+    scores = evaluate_masks(load_segmenter(), Path("data/test"))        # images/ + masks/
+    print(scores.iou, scores.mad, scores.boundary_f, scores.lowest(10))
     other = evaluate_masks(load_segmenter(Path("models/me.safetensors")), Path("data/test"))
     print(paired_difference(scores.per_image, other.per_image))   # other − default, with its 95 % interval
     print(video_flicker(load_segmenter(), Path("talking.mp4")))
 
 Predictions are made the way `blurvid process` makes them: the model looks at the frame resized to
-its working size (fitted to its aspect), and with `zoom` then at a crop around the people it
-found (pipeline.zoom); the soft mask is upsampled edge-aware to the mask's size. Means are over
-images (each image counts once, as in the EG1800 literature). `worst` names the images with the
-lowest IoU: where a model fails, and where a mask may be wrong. `paired_difference` says whether
-one model beats another on the same images by more than the choice of images explains (a paired
-bootstrap: the test sets here hold 60–264 images, where a tenth of a point can be chance).
+its working size (fitted to its aspect), and with `zoom` then at a crop around the people it found
+(pipeline.zoom); the soft mask is upsampled edge-aware to the mask's size. Means are over images
+(each image counts once, as in the EG1800 literature). `MaskScores.lowest` names the images with the
+lowest IoU. `paired_difference` says whether one model beats another on the same images by more than
+the choice of images explains (a paired bootstrap: the test sets here hold 60–264 images, where a
+tenth of a point can be chance).
 """
 
 from __future__ import annotations
@@ -34,15 +34,19 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 @dataclass
 class MaskScores:
-    """Mean per-image scores over a folder (higher is better except MAD), and the images that scored worst."""
+    """Mean per-image scores over a folder (higher is better except MAD), and each image's IoU."""
 
     images: int
     iou: float          # intersection over union at p > 0.5
     mad: float          # mean absolute difference of the soft mask from the 0/1 truth
     boundary_f: float   # F-score of the predicted edge against the true edge, within a small tolerance
     ms_per_image: float
-    worst: list[tuple[str, float]] = field(default_factory=list)   # (image stem, IoU), lowest first
     per_image: dict[str, float] = field(default_factory=dict, repr=False)   # image stem -> IoU
+
+    def lowest(self, n: int) -> list[tuple[str, float]]:
+        """The `n` images with the lowest IoU as (stem, IoU), lowest first: where a model fails, and
+        where a mask may be wrong."""
+        return sorted(self.per_image.items(), key=lambda item: (item[1], item[0]))[:n]
 
 
 @dataclass
@@ -130,9 +134,8 @@ def load_pair(img_path: Path, msk_path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def evaluate_masks(segmenter: Segmenter, data: Path, *, split: Path | None = None, zoom: bool = False,
-                   worst: int = 0, progress: Callable[[int], None] | None = None) -> MaskScores:
-    """Scores of `segmenter` on DATA's image/mask pairs (see the module docstring), naming the `worst`
-    images with the lowest IoU."""
+                   progress: Callable[[int], None] | None = None) -> MaskScores:
+    """Scores of `segmenter` on DATA's image/mask pairs (see the module docstring)."""
     import time
 
     ious, mads, bfs, seconds = [], [], [], 0.0
@@ -148,11 +151,9 @@ def evaluate_masks(segmenter: Segmenter, data: Path, *, split: Path | None = Non
         bfs.append(boundary_f(pred, truth))
         if progress:
             progress(1)
-    per_image = {img.stem: score for (img, _), score in zip(pairs, ious)}
-    ranked = sorted((score, stem) for stem, score in per_image.items())
     return MaskScores(images=len(pairs), iou=float(np.mean(ious)), mad=float(np.mean(mads)),
                       boundary_f=float(np.mean(bfs)), ms_per_image=1000 * seconds / len(pairs),
-                      worst=[(stem, score) for score, stem in ranked[:worst]], per_image=per_image)
+                      per_image={img.stem: score for (img, _), score in zip(pairs, ious)})
 
 
 def paired_difference(base: dict[str, float], other: dict[str, float], *, resamples: int = 10_000,

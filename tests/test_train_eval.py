@@ -376,11 +376,11 @@ def test_evaluate_names_the_worst_images_lowest_first(tiny):
         wrong = np.zeros((48, 64), np.uint8)
         cv2.circle(wrong, (5, 5), 5, 255, -1)
         cv2.imwrite(str(tiny / "masks" / f"{stem}.png"), wrong)
-    scores = evaluate_masks(Oracle("perfect"), tiny, worst=3)
-    assert [stem for stem, _ in scores.worst[:2]] == ["003", "007"]
-    ious = [score for _, score in scores.worst]
+    scores = evaluate_masks(Oracle("perfect"), tiny)
+    assert [stem for stem, _ in scores.lowest(3)[:2]] == ["003", "007"]
+    ious = [score for _, score in scores.lowest(3)]
     assert ious == sorted(ious) and ious[1] == 0.0 and ious[2] > 0.9
-    assert evaluate_masks(Oracle("perfect"), tiny).worst == []
+    assert scores.lowest(0) == []
 
 
 def test_paired_difference_is_the_mean_gain_per_image_with_its_spread():
