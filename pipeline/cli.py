@@ -349,6 +349,9 @@ def preview(thumb_dir: Path, columns: int, video: Path | None, source: Path | No
 @click.option("--min-scale", type=click.FloatRange(0.05, 1.0), default=0.3, show_default=True,
               help="Smallest share of an image's area a training crop covers; nearer 1 shows people "
                    "at the scale the whole frame gives them at --work-size (test-resolution fine-tuning).")
+@click.option("--keep-aspect", is_flag=True,
+              help="Square training crops (side: sqrt(--min-scale..1) of the image's shorter side), so "
+                   "people keep the proportions inference sees instead of being stretched to a square.")
 @click.option("--work-size", type=SIZE, default="256x144", show_default=True,
               help="Inference size WxH recorded in the model.")
 @click.option("--bs", type=click.IntRange(min=1), default=16, show_default=True, help="Batch size.")
@@ -376,14 +379,15 @@ def preview(thumb_dir: Path, columns: int, video: Path | None, source: Path | No
               help="Also write a fastai learn.export() .pkl here.")
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader workers.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-def train(data: Path, output: Path, epochs: int, minutes, size: int, min_scale: float, work_size,
+def train(data: Path, output: Path, epochs: int, minutes, size: int, min_scale: float, keep_aspect: bool, work_size,
           bs: int, lr: float, loss: str, swa: bool, no_geometry: tuple[str, ...], valid_pct: float,
           valid_list, from_model, resume: bool, checkpoint_dir, export_pkl, workers, device: str) -> None:
     """Train the person U-Net on DATA (images/ and masks/ with matching names)."""
     from pipeline.train import DEFAULT_CHECKPOINTS, TrainOptions
     from pipeline.train import train as run_training
 
-    opts = TrainOptions(epochs=epochs, minutes=minutes, size=size, min_scale=min_scale, bs=bs, lr=lr,
+    opts = TrainOptions(epochs=epochs, minutes=minutes, size=size, min_scale=min_scale,
+                        keep_aspect=keep_aspect, bs=bs, lr=lr,
                         loss=loss, swa=swa, no_geometry=no_geometry, valid_pct=valid_pct,
                         valid_list=valid_list, work_size=work_size, from_model=from_model, resume=resume,
                         checkpoint_dir=checkpoint_dir or DEFAULT_CHECKPOINTS,

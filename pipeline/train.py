@@ -14,6 +14,7 @@ to fine-tune an existing model on a user's own footage.
 from __future__ import annotations
 
 import io
+import math
 import platform
 import random
 import time
@@ -59,7 +60,7 @@ class TrainOptions:
     epochs: int = 20
     minutes: float | None = None    # instead of epochs: as many epochs as fit in this time budget
     size: int = 160                 # square training crop; inference runs at the model's work_size
-    min_scale: float = 0.3          # smallest share of an image's area a crop covers (RandomResizedCrop)
+    min_scale: float = 0.3          # smallest share of an image's area a crop covers (with keep_aspect: of its largest square)
     bs: int = 16
     lr: float = 2e-3
     valid_pct: float = 0.1          # random validation split, unless valid_list names the images
@@ -76,6 +77,7 @@ class TrainOptions:
     loss: str = "ce"                # "ce": cross-entropy; "ce+dice" / "ce+lovasz": plus an IoU-like term (LOSSES)
     swa: bool = False               # constant lr, and write the mean of every epoch's weights (WeightAveraging)
     no_geometry: tuple[str, ...] = ()  # name prefixes of images that get no rotation, zoom or warp (ItemGeometry)
+    keep_aspect: bool = False       # square crops, so people keep their proportions (SquareCrop)
 
 
 class CrossEntropyPlusLoss:
@@ -237,6 +239,34 @@ class ItemGeometry(ItemTransform):
         return PILImage.create(a), PILMask.create(m)
 
 
+class SquareCrop(RandomResizedCrop):
+    """RandomResizedCrop whose training crops are (nearly) square, like the output, so that people
+    keep their proportions: a 3:4 portrait is not widened by a third, nor a 16:9 frame narrowed.
+
+        SquareCrop(128, min_scale=0.8)   # side: sqrt(0.8..1) of the image's shorter side
+
+    RandomResizedCrop draws crops of any aspect in `ratio` and resizes them to a square, and with
+    `min_scale` near 1 it mostly falls back to the whole image, so every portrait is seen stretched,
+    while inference keeps the frame's aspect (segment.fit_work_size). Here `min_scale` is the smallest
+    share of the largest square a crop covers, and the aspect varies by ±10 % only. Validation
+    images are treated as RandomResizedCrop treats them.
+    """
+
+    def __init__(self, size: int, min_scale: float = 0.8, ratio: tuple[float, float] = (0.9, 1.1), **kwargs):
+        super().__init__(size, min_scale=min_scale, ratio=ratio, **kwargs)
+
+    def before_call(self, b, split_idx):
+        super().before_call(b, split_idx)
+        if split_idx:
+            return
+        w, h = self.orig_sz
+        side = min(w, h) * math.sqrt(random.uniform(self.min_scale, 1.0))
+        ratio = math.exp(random.uniform(math.log(self.ratio[0]), math.log(self.ratio[1])))
+        nw, nh = min(w, round(side * math.sqrt(ratio))), min(h, round(side / math.sqrt(ratio)))
+        self.cp_size = (nw, nh)
+        self.tl = (random.randint(0, w - nw), random.randint(0, h - nh))
+
+
 def find_pairs(data: Path) -> list[Path]:
     """Images in DATA/images that have a mask in DATA/masks; InputError if there are none."""
     images, masks = data / "images", data / "masks"
@@ -270,7 +300,9 @@ def make_dataloaders(data: Path, opts: TrainOptions, device: torch.device, confi
         splitter = FuncSplitter(lambda p: Path(p).stem in valid_stems)
     else:
         splitter = RandomSplitter(valid_pct=validation_share(len(pairs), opts.valid_pct), seed=opts.seed)
-    crop = [WebcamDegrade(p=0.4), RandomResizedCrop(opts.size, min_scale=opts.min_scale, ratio=(0.6, 1.7))]
+    resized_crop = (SquareCrop(opts.size, min_scale=opts.min_scale) if opts.keep_aspect
+                    else RandomResizedCrop(opts.size, min_scale=opts.min_scale, ratio=(0.6, 1.7)))
+    crop = [WebcamDegrade(p=0.4), resized_crop]
     if opts.no_geometry:   # geometry per item, so that the named items can go without it
         images = TransformBlock(type_tfms=OpenForGeometry(opts.no_geometry), batch_tfms=IntToFloatTensor)
         item_tfms, geometry = [ItemGeometry(), *crop], dict(max_rotate=0, max_zoom=1.0, max_warp=0)
@@ -352,7 +384,7 @@ def train(data: Path, out: Path, opts: TrainOptions = TrainOptions(), *, log=pri
         **({"base": config.training} if config.training else {}),   # what the --from model was trained on
         "data": str(data), "images": len(dls.train_ds) + len(dls.valid_ds),
         "epochs": epochs, "size": opts.size, "min_scale": opts.min_scale, "bs": opts.bs, "lr": opts.lr,
-        "loss": opts.loss,
+        "loss": opts.loss, "keep_aspect": opts.keep_aspect,
         "schedule": "swa" if opts.swa else "one-cycle", "no_geometry": list(opts.no_geometry),
         "from_model": str(opts.from_model) if opts.from_model else None,
         "minutes": round(minutes, 1), "device": _describe_device(device),

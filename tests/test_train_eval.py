@@ -100,6 +100,31 @@ def test_min_scale_sets_how_much_of_each_image_a_training_crop_keeps(tiny, min_s
         assert spread > 0.05, (whole, shares)
 
 
+@pytest.mark.parametrize("keep_aspect", [False, True])
+def test_keep_aspect_crops_keep_a_round_person_round(tiny, keep_aspect):
+    """The tiny images are 4:3 with a disc in them. RandomResizedCrop squeezes each into a square
+    (--min-scale 1: the whole image), so the disc comes out 3/4 as wide as it is tall; SquareCrop
+    crops a square and the disc stays round, as inference (which keeps the aspect) shows it."""
+    import torch
+
+    from pipeline.train import TrainOptions, make_dataloaders
+
+    opts = TrainOptions(size=32, bs=3, num_workers=0, valid_pct=0.25, min_scale=1.0,
+                        keep_aspect=keep_aspect, no_geometry=("",))
+    dls = make_dataloaders(tiny, opts, torch.device("cpu"))
+    aspects = []
+    for _ in range(3):
+        for _, masks in dls.train:
+            for mask in masks.numpy().astype(bool):
+                ys, xs = np.nonzero(mask)
+                inside = len(xs) and xs.min() > 0 and ys.min() > 0 and xs.max() < 31 and ys.max() < 31
+                if inside:   # a disc the crop cut through has no aspect to speak of
+                    aspects.append((np.ptp(xs) + 1) / (np.ptp(ys) + 1))
+    assert len(aspects) >= 6
+    expected = 1.0 if keep_aspect else 0.75
+    assert abs(np.median(aspects) - expected) < 0.08, aspects
+
+
 def test_item_geometry_moves_image_and_mask_together_and_passes_plain_images_by():
     import random
 
@@ -138,6 +163,7 @@ def test_training_without_geometry_for_some_images_exports(tiny, tmp_path):
     result = train(tiny, tmp_path / "m.safetensors", opts, log=lambda msg: None)
     training = load_model(result.path)[1].training   # the card says how it was made
     assert training["no_geometry"] == ["street_"] and training["min_scale"] == 0.7
+    assert training["keep_aspect"] is False
     for model in (result.path, tmp_path / "export.pkl"):
         prob = load_segmenter(model)(np.zeros((1, 48, 64, 3), np.uint8))
         assert prob.shape == (1, 48, 64) and np.isfinite(prob).all()
