@@ -379,8 +379,8 @@ def preview(thumb_dir: Path, columns: int, video: Path | None, source: Path | No
               help="Also write a fastai learn.export() .pkl here.")
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader workers.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-def train(data: Path, output: Path, epochs: int, minutes, size: int, min_scale: float, keep_aspect: bool, work_size,
-          bs: int, lr: float, loss: str, swa: bool, no_geometry: tuple[str, ...], valid_pct: float,
+def train(data: Path, output: Path, epochs: int, minutes, size: int, min_scale: float, keep_aspect: bool,
+          work_size, bs: int, lr: float, loss: str, swa: bool, no_geometry: tuple[str, ...], valid_pct: float,
           valid_list, from_model, resume: bool, checkpoint_dir, export_pkl, workers, device: str) -> None:
     """Train the person U-Net on DATA (images/ and masks/ with matching names)."""
     from pipeline.train import DEFAULT_CHECKPOINTS, TrainOptions

@@ -60,7 +60,7 @@ class TrainOptions:
     epochs: int = 20
     minutes: float | None = None    # instead of epochs: as many epochs as fit in this time budget
     size: int = 160                 # square training crop; inference runs at the model's work_size
-    min_scale: float = 0.3          # smallest share of an image's area a crop covers (with keep_aspect: of its largest square)
+    min_scale: float = 0.3          # smallest share of an image's area a crop covers (see SquareCrop)
     bs: int = 16
     lr: float = 2e-3
     valid_pct: float = 0.1          # random validation split, unless valid_list names the images
@@ -256,7 +256,7 @@ class SquareCrop(RandomResizedCrop):
         super().__init__(size, min_scale=min_scale, ratio=ratio, **kwargs)
 
     def before_call(self, b, split_idx):
-        super().before_call(b, split_idx)
+        super().before_call(b, split_idx)   # sets orig_sz and final_size, and the validation crop
         if split_idx:
             return
         w, h = self.orig_sz
