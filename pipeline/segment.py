@@ -138,7 +138,12 @@ def save_model(model: nn.Module, config: ModelConfig, path: str | Path, *, half:
     tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous().cpu()
                for k, v in model.state_dict().items()}
     save_file(tensors, str(path), metadata={"format": "pt", "blurvid_config_version": str(config.version)})
-    path.with_suffix(".json").write_text(config.to_json() + "\n")
+    config_path = path.with_suffix(".json")
+    config_path.write_text(config.to_json() + "\n")
+    # safetensors 0.8 writes through a temporary file that is always 0600 (safetensors issue #782),
+    # so weights trained as one user (say, root in a container build) would be unreadable to the
+    # user who runs them, while the JSON beside them is readable; give both the same permissions.
+    os.chmod(path, config_path.stat().st_mode & 0o777)
     return path
 
 

@@ -33,6 +33,20 @@ def test_segmenter_returns_soft_probabilities(tiny_model_file):
     assert len(np.unique(prob.round(3))) > 10
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permission bits")
+def test_saved_weights_are_as_readable_as_their_config(tmp_path):
+    """Under the usual umask (022) the weights come out 0644 like the JSON, not 0600."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = save_model(build_unet(TINY), TINY, tmp_path / "m.safetensors")
+    finally:
+        os.umask(old)
+    weights, config = path.stat().st_mode & 0o777, path.with_suffix(".json").stat().st_mode & 0o777
+    assert weights == config == 0o644
+
+
 def test_round_trip_keeps_outputs(tiny_model_file):
     model, config = load_model(tiny_model_file)
     assert config == TINY
