@@ -245,9 +245,9 @@ class SquareCrop(RandomResizedCrop):
 
         SquareCrop(128, min_scale=0.8)   # side: sqrt(0.8..1) of the image's shorter side
 
-    RandomResizedCrop draws crops of any aspect in `ratio` and resizes them to a square, and with
-    `min_scale` near 1 it mostly falls back to the whole image, so every portrait is seen stretched,
-    while inference keeps the frame's aspect (segment.fit_work_size). Here `min_scale` is the smallest
+    RandomResizedCrop draws crops of any aspect in `ratio` and resizes them to a square; with
+    `min_scale` near 1 a crop must nearly share its image's aspect to fit, so every portrait is seen
+    stretched, while inference keeps the frame's aspect (segment.fit_work_size). Here `min_scale` is the smallest
     share of the largest square a crop covers, and the aspect varies by ±10 % only. Validation
     images are treated as RandomResizedCrop treats them.
     """
