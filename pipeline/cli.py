@@ -357,9 +357,11 @@ def preview(thumb_dir: Path, columns: int, video: Path | None, source: Path | No
 @click.option("--bs", type=click.IntRange(min=1), default=16, show_default=True, help="Batch size.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
 # The names of pipeline.train.LOSSES, spelled out so --help need not import fastai.
-@click.option("--loss", type=click.Choice(["ce", "ce+dice", "ce+lovasz"]), default="ce", show_default=True,
+@click.option("--loss", type=click.Choice(["ce", "ce+dice", "ce+lovasz", "focal+dice"]), default="ce",
+              show_default=True,
               help="Cross-entropy, or cross-entropy plus a term that scores overlap like IoU: soft Dice, "
-                   "or the Lovász-softmax (IoU's own surrogate; for fine-tuning with --from).")
+                   "or the Lovász-softmax (IoU's own surrogate; for fine-tuning with --from); or the "
+                   "focal loss, which weights the pixels the model still gets wrong, plus soft Dice.")
 @click.option("--swa", is_flag=True,
               help="Stochastic weight averaging: train at a constant --lr and write the mean of every "
                    "epoch's weights instead of one-cycle's last ones (for fine-tuning with --from).")

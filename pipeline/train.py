@@ -31,7 +31,7 @@ from fastai.callback.core import Callback
 from fastai.callback.tracker import SaveModelCallback
 from fastai.data.block import DataBlock, TransformBlock
 from fastai.data.transforms import FuncSplitter, IntToFloatTensor, Normalize, RandomSplitter
-from fastai.losses import CrossEntropyLossFlat, DiceLoss
+from fastai.losses import CrossEntropyLossFlat, DiceLoss, FocalLossFlat
 from fastai.metrics import JaccardCoeff
 from fastai.vision.augment import RandomResizedCrop, RandTransform, aug_transforms
 from fastai.vision.core import PILImage, PILMask
@@ -74,7 +74,7 @@ class TrainOptions:
     num_workers: int | None = None  # DataLoader workers (None: fastai's default)
     device: str | None = None       # None: CUDA when available
     mixed_precision: bool = True    # bf16 autocast (CUDA, or CPUs with native bf16)
-    loss: str = "ce"                # "ce": cross-entropy; "ce+dice" / "ce+lovasz": plus an IoU-like term (LOSSES)
+    loss: str = "ce"                # "ce": cross-entropy; "ce+dice" / "ce+lovasz" / "focal+dice": see LOSSES
     swa: bool = False               # constant lr, and write the mean of every epoch's weights (WeightAveraging)
     no_geometry: tuple[str, ...] = ()  # name prefixes of images that get no rotation, zoom or warp (ItemGeometry)
     keep_aspect: bool = False       # square crops, so people keep their proportions (SquareCrop)
@@ -88,20 +88,20 @@ class CrossEntropyPlusLoss:
 
     def __init__(self, weight: float = 1.0):
         self.weight = weight
-        self.cross_entropy = CrossEntropyLossFlat(axis=1)
+        self.pixel_loss = CrossEntropyLossFlat(axis=1)
 
     def __call__(self, pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
         # Under mixed precision the logits may be bf16; sums and sorts over a whole image need fp32.
-        return self.cross_entropy(pred, targ) + self.weight * self.overlap(pred.float(), targ)
+        return self.pixel_loss(pred, targ) + self.weight * self.overlap(pred.float(), targ)
 
     def overlap(self, pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def activation(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cross_entropy.activation(x)
+        return self.pixel_loss.activation(x)
 
     def decodes(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cross_entropy.decodes(x)
+        return self.pixel_loss.decodes(x)
 
 
 class CrossEntropyDiceLoss(CrossEntropyPlusLoss):
@@ -135,8 +135,23 @@ class CrossEntropyLovaszLoss(CrossEntropyPlusLoss):
         return lovasz_softmax_loss(pred.as_subclass(torch.Tensor), targ.as_subclass(torch.Tensor).long())
 
 
+class FocalDiceLoss(CrossEntropyDiceLoss):
+    """loss = FocalDiceLoss()(logits, masks): the focal loss (gamma 2) plus the mean soft Dice loss.
+
+    The focal loss (Lin et al., 2017; fastai's FocalLossFlat) is cross-entropy with each pixel's term
+    scaled by (1 - p)^gamma, p the probability given to its true class: the pixels a fine-tuned model
+    already gets right (most background, body interiors) fade out of the sum, and the ones it still
+    gets confidently wrong (a building or a phone taken for the person) carry it, every step, where
+    hard-example mining (`pipeline.hardmining`) re-weights whole images once.
+    """
+
+    def __init__(self, weight: float = 1.0, gamma: float = 2.0):
+        super().__init__(weight)
+        self.pixel_loss = FocalLossFlat(axis=1, gamma=gamma)
+
+
 LOSSES = {"ce": lambda: CrossEntropyLossFlat(axis=1), "ce+dice": CrossEntropyDiceLoss,
-          "ce+lovasz": CrossEntropyLovaszLoss}
+          "ce+lovasz": CrossEntropyLovaszLoss, "focal+dice": FocalDiceLoss}
 
 
 class MaskFromName:
