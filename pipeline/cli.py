@@ -352,6 +352,9 @@ def preview(thumb_dir: Path, columns: int, video: Path | None, source: Path | No
 @click.option("--keep-aspect", is_flag=True,
               help="Square training crops (side: sqrt(--min-scale..1) of the image's shorter side), so "
                    "people keep the proportions inference sees instead of being stretched to a square.")
+@click.option("--colour", is_flag=True,
+              help="Also vary saturation (towards grey or more vivid) and, a little, hue, besides the "
+                   "brightness and contrast every run varies.")
 @click.option("--work-size", type=SIZE, default="256x144", show_default=True,
               help="Inference size WxH recorded in the model.")
 @click.option("--bs", type=click.IntRange(min=1), default=16, show_default=True, help="Batch size.")
@@ -382,14 +385,15 @@ def preview(thumb_dir: Path, columns: int, video: Path | None, source: Path | No
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader workers.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 def train(data: Path, output: Path, epochs: int, minutes, size: int, min_scale: float, keep_aspect: bool,
-          work_size, bs: int, lr: float, loss: str, swa: bool, no_geometry: tuple[str, ...], valid_pct: float,
-          valid_list, from_model, resume: bool, checkpoint_dir, export_pkl, workers, device: str) -> None:
+          colour: bool, work_size, bs: int, lr: float, loss: str, swa: bool, no_geometry: tuple[str, ...],
+          valid_pct: float, valid_list, from_model, resume: bool, checkpoint_dir, export_pkl, workers,
+          device: str) -> None:
     """Train the person U-Net on DATA (images/ and masks/ with matching names)."""
     from pipeline.train import DEFAULT_CHECKPOINTS, TrainOptions
     from pipeline.train import train as run_training
 
     opts = TrainOptions(epochs=epochs, minutes=minutes, size=size, min_scale=min_scale,
-                        keep_aspect=keep_aspect, bs=bs, lr=lr,
+                        keep_aspect=keep_aspect, colour=colour, bs=bs, lr=lr,
                         loss=loss, swa=swa, no_geometry=no_geometry, valid_pct=valid_pct,
                         valid_list=valid_list, work_size=work_size, from_model=from_model, resume=resume,
                         checkpoint_dir=checkpoint_dir or DEFAULT_CHECKPOINTS,

@@ -33,7 +33,7 @@ from fastai.data.block import DataBlock, TransformBlock
 from fastai.data.transforms import FuncSplitter, IntToFloatTensor, Normalize, RandomSplitter
 from fastai.losses import CrossEntropyLossFlat, DiceLoss, FocalLossFlat
 from fastai.metrics import JaccardCoeff
-from fastai.vision.augment import RandomResizedCrop, RandTransform, aug_transforms
+from fastai.vision.augment import Hue, RandomResizedCrop, RandTransform, Saturation, aug_transforms
 from fastai.vision.core import PILImage, PILMask
 from fastai.vision.data import ImageBlock, MaskBlock
 from fastai.vision.learner import unet_learner
@@ -78,6 +78,7 @@ class TrainOptions:
     swa: bool = False               # constant lr, and write the mean of every epoch's weights (WeightAveraging)
     no_geometry: tuple[str, ...] = ()  # name prefixes of images that get no rotation, zoom or warp (ItemGeometry)
     keep_aspect: bool = False       # square crops, so people keep their proportions (SquareCrop)
+    colour: bool = False            # also vary saturation and hue (colour_transforms)
 
 
 class CrossEntropyPlusLoss:
@@ -302,6 +303,16 @@ def validation_share(images: int, valid_pct: float) -> float:
     return max(valid_pct, 1 / images) if images > 1 else valid_pct
 
 
+def colour_transforms() -> list:
+    """Batch transforms for `--colour`: saturation from about 0.6 to 1.7 times (towards grey or more
+    vivid) and hue turned by up to about 0.05 of the circle, each for half the images.
+
+    aug_transforms varies brightness and contrast only, so without these every skin tone and white
+    balance the model sees is one of its photos'; the hue turn stays small because skin's hue is
+    itself a cue worth keeping."""
+    return [Saturation(max_lighting=0.4, p=0.5), Hue(max_hue=0.05, p=0.5)]
+
+
 def make_dataloaders(data: Path, opts: TrainOptions, device: torch.device, config: ModelConfig = ModelConfig()):
     """fastai DataLoaders over DATA's image/mask pairs with webcam-minded augmentation, normalised
     with `config`'s mean and std: the model must see in training exactly what the Segmenters feed it.
@@ -330,6 +341,7 @@ def make_dataloaders(data: Path, opts: TrainOptions, device: torch.device, confi
         splitter=splitter,
         item_tfms=item_tfms,
         batch_tfms=[*aug_transforms(**geometry, max_lighting=0.4, p_lighting=0.8),
+                    *(colour_transforms() if opts.colour else []),
                     Normalize.from_stats(config.mean, config.std)],
     )
     kwargs = {} if opts.num_workers is None else {"num_workers": opts.num_workers}
@@ -399,7 +411,7 @@ def train(data: Path, out: Path, opts: TrainOptions = TrainOptions(), *, log=pri
         **({"base": config.training} if config.training else {}),   # what the --from model was trained on
         "data": str(data), "images": len(dls.train_ds) + len(dls.valid_ds),
         "epochs": epochs, "size": opts.size, "min_scale": opts.min_scale, "bs": opts.bs, "lr": opts.lr,
-        "loss": opts.loss, "keep_aspect": opts.keep_aspect,
+        "loss": opts.loss, "keep_aspect": opts.keep_aspect, "colour": opts.colour,
         "schedule": "swa" if opts.swa else "one-cycle", "no_geometry": list(opts.no_geometry),
         "from_model": str(opts.from_model) if opts.from_model else None,
         "minutes": round(minutes, 1), "device": _describe_device(device),

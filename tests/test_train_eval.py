@@ -125,6 +125,33 @@ def test_keep_aspect_crops_keep_a_round_person_round(tiny, keep_aspect):
     assert abs(np.median(aspects) - expected) < 0.08, aspects
 
 
+def test_colour_transforms_turn_saturation_and_hue_of_images_only():
+    """--colour: half the images come out greyer or more vivid (0.6–1.7 times the saturation) and half
+    with their hue turned by at most about 0.05 of the circle; masks pass through untouched."""
+    import torch
+    from fastai.torch_core import TensorImage, TensorMask
+    from fastai.vision.augment import rgb2hsv
+
+    from pipeline.train import colour_transforms
+
+    torch.manual_seed(0)
+    skin = torch.tensor([0.80, 0.55, 0.45])
+    images = TensorImage(skin[None, :, None, None].expand(256, 3, 4, 4).clone())
+    masks = TensorMask(torch.randint(0, 2, (256, 4, 4)))
+    out, out_masks = images, masks.clone()
+    for tfm in colour_transforms():
+        out, out_masks = tfm((out, out_masks), split_idx=0)
+
+    assert out_masks.equal(masks)
+    before, after = rgb2hsv(images)[:, :, 0, 0], rgb2hsv(out)[:, :, 0, 0]
+    ratio = after[:, 1] / before[:, 1]
+    turn = (after[:, 0] - before[:, 0] + 0.5) % 1 - 0.5
+    assert (ratio < 0.9).any() and (ratio > 1.1).any() and (ratio > 0.55).all() and (ratio < 1.8).all()
+    assert 0.3 < float(((ratio - 1).abs() > 1e-3).float().mean()) < 0.7     # about half the images
+    assert (turn.abs() > 0.01).any() and (turn.abs() < 0.06).all()
+    assert 0.3 < float((turn.abs() > 1e-3).float().mean()) < 0.7
+
+
 def test_item_geometry_moves_image_and_mask_together_and_passes_plain_images_by():
     import random
 
