@@ -85,6 +85,7 @@ class CrossEntropyPlusLoss:
     """Pixel cross-entropy plus an overlap term (`overlap(logits, masks)`), for the losses below.
 
     Keeps fastai's `activation` and `decodes`, so predict and metrics work as with plain cross-entropy.
+    `pixel_loss` is the cross-entropy unless a subclass swaps it (FocalDiceLoss).
     """
 
     def __init__(self, weight: float = 1.0):

@@ -338,7 +338,8 @@ def test_focal_term_fades_the_pixels_the_model_already_gets_right():
 
     for p in (0.95, 0.1):
         logits = logits_giving_the_truth(p)
-        focal = float(FocalDiceLoss()(logits, target)) - float(DiceLoss(axis=1, reduction="mean")(logits, target))
+        dice = float(DiceLoss(axis=1, reduction="mean")(logits, target))
+        focal = float(FocalDiceLoss()(logits, target)) - dice
         assert focal == pytest.approx((1 - p) ** 2 * -np.log(p), rel=1e-4)
     assert FocalDiceLoss().decodes(logits_giving_the_truth(0.95)).equal(target)
 
