@@ -81,16 +81,16 @@ class TrainOptions:
     colour: bool = False            # also vary saturation and hue (colour_transforms)
 
 
-class CrossEntropyPlusLoss:
-    """Pixel cross-entropy plus an overlap term (`overlap(logits, masks)`), for the losses below.
+class PixelPlusOverlapLoss:
+    """A per-pixel loss (cross-entropy unless `pixel_loss` names another of fastai's flat losses) plus
+    an overlap term (`overlap(logits, masks)`), for the losses below.
 
-    Keeps fastai's `activation` and `decodes`, so predict and metrics work as with plain cross-entropy.
-    `pixel_loss` is the cross-entropy unless a subclass swaps it (FocalDiceLoss).
+    Keeps the pixel loss's fastai `activation` and `decodes`, so predict and metrics work as with it alone.
     """
 
-    def __init__(self, weight: float = 1.0):
+    def __init__(self, weight: float = 1.0, pixel_loss=None):
         self.weight = weight
-        self.pixel_loss = CrossEntropyLossFlat(axis=1)
+        self.pixel_loss = pixel_loss if pixel_loss is not None else CrossEntropyLossFlat(axis=1)
 
     def __call__(self, pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
         # Under mixed precision the logits may be bf16; sums and sorts over a whole image need fp32.
@@ -106,7 +106,7 @@ class CrossEntropyPlusLoss:
         return self.pixel_loss.decodes(x)
 
 
-class CrossEntropyDiceLoss(CrossEntropyPlusLoss):
+class CrossEntropyDiceLoss(PixelPlusOverlapLoss):
     """loss = CrossEntropyDiceLoss()(logits, masks): pixel cross-entropy plus the mean soft Dice loss.
 
     Cross-entropy weighs every pixel alike, so a 3-px error along a full-body outline costs little
@@ -114,15 +114,15 @@ class CrossEntropyDiceLoss(CrossEntropyPlusLoss):
     overlap that IoU measures.
     """
 
-    def __init__(self, weight: float = 1.0):
-        super().__init__(weight)
+    def __init__(self, weight: float = 1.0, pixel_loss=None):
+        super().__init__(weight, pixel_loss)
         self.dice = DiceLoss(axis=1, reduction="mean")
 
     def overlap(self, pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
         return self.dice(pred, targ)
 
 
-class CrossEntropyLovaszLoss(CrossEntropyPlusLoss):
+class CrossEntropyLovaszLoss(PixelPlusOverlapLoss):
     """loss = CrossEntropyLovaszLoss()(logits, masks): pixel cross-entropy plus the Lovász-softmax loss.
 
     The Lovász-softmax (Berman et al., 2018; kornia's implementation) is the tight convex surrogate
@@ -148,8 +148,7 @@ class FocalDiceLoss(CrossEntropyDiceLoss):
     """
 
     def __init__(self, weight: float = 1.0, gamma: float = 2.0):
-        super().__init__(weight)
-        self.pixel_loss = FocalLossFlat(axis=1, gamma=gamma)
+        super().__init__(weight, pixel_loss=FocalLossFlat(axis=1, gamma=gamma))
 
 
 LOSSES = {"ce": lambda: CrossEntropyLossFlat(axis=1), "ce+dice": CrossEntropyDiceLoss,
