@@ -689,7 +689,8 @@ def build(shared: Path, out: Path, *, max_side: int = 384, quality: int = 90, im
 
 def main(argv: list[str] | None = None) -> int:
     """python -m pipeline.dataprep --shared ../shared --out DIR [--max-side 384] [--quality 90]
-    [--image-format webp] [--ccp-full-body N] [--no-teacher]; returns the exit status (1 on a BlurvidError)."""
+    [--image-format webp] [--ccp-full-body N] [--composites ROOMS PHOTOS WALLS] [--no-teacher];
+    returns the exit status (1 on a BlurvidError)."""
     ap = argparse.ArgumentParser(prog="python -m pipeline.dataprep", description=__doc__.splitlines()[0])
     ap.add_argument("--shared", type=Path, default=Path("../shared"), help="the shared folder (datasets/, media/)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
@@ -699,6 +700,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="training images as JPEG (default) or WebP (0.6-0.75x the bytes at the same --quality)")
     ap.add_argument("--ccp-full-body", type=int, default=None, metavar="N",
                     help="keep only N of the CCP full-body photos (fixed seed; default all); crops use all")
+    ap.add_argument("--composites", type=int, nargs=3, metavar=("ROOMS", "PHOTOS", "WALLS"),
+                    default=(ROOM_COMPOSITES, PHOTO_COMPOSITES, WALL_COMPOSITES),
+                    help="people pasted onto empty rooms, onto other street photos and onto plain walls "
+                         f"(default {ROOM_COMPOSITES} {PHOTO_COMPOSITES} {WALL_COMPOSITES}); a larger count keeps "
+                         "the default build's room and wall composites and adds new ones")
     ap.add_argument("--teacher", type=Path, default=DEFAULT_TEACHER_DIR, help="folder with the selfie .tflite models")
     ap.add_argument("--no-teacher", action="store_true", help="skip the teacher-labelled video frames")
     args = ap.parse_args(argv)
@@ -706,10 +712,13 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--max-side must be at least 32")
     if not 1 <= args.quality <= 100:
         ap.error("--quality must be 1..100")
+    if min(args.composites) < 0:
+        ap.error("--composites counts must be 0 or more")
     try:
         manifest = build(args.shared, args.out.expanduser(), max_side=args.max_side, quality=args.quality,
                          image_format=args.image_format, ccp_full_body=args.ccp_full_body,
-                         teacher_dir=None if args.no_teacher else args.teacher)
+                         teacher_dir=None if args.no_teacher else args.teacher,
+                         composites=tuple(args.composites[:2]), walls=args.composites[2])
     except BlurvidError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -161,6 +161,28 @@ def test_ccp_full_body_subset(shared: Path, tmp_path: Path) -> None:
     assert manifest["train_counts"]["ccp"] == 2 and manifest["train_counts"]["ccp-crop"] == 5
 
 
+def test_more_composites_keep_the_smaller_builds_rooms_and_walls(shared: Path, tmp_path: Path) -> None:
+    def files(out: Path, prefix: str) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in sorted((out / "train" / "images").glob(f"{prefix}*"))}
+
+    common = ["--shared", str(shared), "--max-side", str(MAX_SIDE), "--no-teacher"]
+    assert dataprep.main([*common, "--out", str(tmp_path / "small"), "--composites", "3", "2", "2"]) == 0
+    assert dataprep.main([*common, "--out", str(tmp_path / "large"), "--composites", "9", "6", "6"]) == 0
+    manifest = json.loads((tmp_path / "large" / "MANIFEST.json").read_text())
+    assert manifest["composites"] == {"rooms": 9, "photos": 6, "walls": 6, "colour_match": dataprep.COLOUR_MATCH}
+    assert manifest["train_counts"]["composite-room"] == 9 and manifest["train_counts"]["composite-wall"] == 6
+    for prefix in ("comproom_", "compwall_"):
+        small, large = files(tmp_path / "small", prefix), files(tmp_path / "large", prefix)
+        assert len(small) < len(large) and small.items() <= large.items(), prefix   # kept byte for byte, and more
+
+
+def test_negative_composite_count_is_refused(shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        dataprep.main(["--shared", str(shared), "--out", str(tmp_path / "out"), "--composites", "1", "-1", "1"])
+    assert exc.value.code != 0 and "--composites" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_wall_composites_put_one_labelled_person_on_a_plain_background(shared: Path, tmp_path: Path) -> None:
     manifest = dataprep.build(shared, tmp_path / "out", max_side=MAX_SIDE, teacher_dir=None, composites=(0, 0),
                               walls=8)
