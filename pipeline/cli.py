@@ -368,6 +368,9 @@ def preview(thumb_dir: Path, columns: int, video: Path | None, source: Path | No
 @click.option("--swa", is_flag=True,
               help="Stochastic weight averaging: train at a constant --lr and write the mean of every "
                    "epoch's weights instead of one-cycle's last ones (for fine-tuning with --from).")
+@click.option("--swa-every", "swa_every", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With --swa: average the weights after every N-th training batch of each epoch instead "
+                   "of at each epoch's end (a short fine-tune has few epoch ends to average).")
 @click.option("--no-geometry", "no_geometry", multiple=True, metavar="PREFIX",
               help="Images whose names start with PREFIX get no rotation, zoom or warp; the others still "
                    "do (repeatable; e.g. the default model's street photos: ccp_).")
@@ -385,16 +388,18 @@ def preview(thumb_dir: Path, columns: int, video: Path | None, source: Path | No
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader workers.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 def train(data: Path, output: Path, epochs: int, minutes, size: int, min_scale: float, keep_aspect: bool,
-          colour: bool, work_size, bs: int, lr: float, loss: str, swa: bool, no_geometry: tuple[str, ...],
-          valid_pct: float, valid_list, from_model, resume: bool, checkpoint_dir, export_pkl, workers,
-          device: str) -> None:
+          colour: bool, work_size, bs: int, lr: float, loss: str, swa: bool, swa_every: int | None,
+          no_geometry: tuple[str, ...], valid_pct: float, valid_list, from_model, resume: bool, checkpoint_dir,
+          export_pkl, workers, device: str) -> None:
     """Train the person U-Net on DATA (images/ and masks/ with matching names)."""
+    if swa_every is not None and not swa:
+        raise click.UsageError("--swa-every sets how often --swa averages: give --swa too")
     from pipeline.train import DEFAULT_CHECKPOINTS, TrainOptions
     from pipeline.train import train as run_training
 
     opts = TrainOptions(epochs=epochs, minutes=minutes, size=size, min_scale=min_scale,
                         keep_aspect=keep_aspect, colour=colour, bs=bs, lr=lr,
-                        loss=loss, swa=swa, no_geometry=no_geometry, valid_pct=valid_pct,
+                        loss=loss, swa=swa, swa_every=swa_every, no_geometry=no_geometry, valid_pct=valid_pct,
                         valid_list=valid_list, work_size=work_size, from_model=from_model, resume=resume,
                         checkpoint_dir=checkpoint_dir or DEFAULT_CHECKPOINTS,
                         export_pkl=export_pkl, num_workers=workers, device=_resolve_device(device))

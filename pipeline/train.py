@@ -76,6 +76,7 @@ class TrainOptions:
     mixed_precision: bool = True    # bf16 autocast (CUDA, or CPUs with native bf16)
     loss: str = "ce"                # "ce": cross-entropy; "ce+dice" / "ce+lovasz" / "focal+dice": see LOSSES
     swa: bool = False               # constant lr, and write the mean of every epoch's weights (WeightAveraging)
+    swa_every: int | None = None    # with swa: average every this many training batches, not once an epoch
     no_geometry: tuple[str, ...] = ()  # name prefixes of images that get no rotation, zoom or warp (ItemGeometry)
     keep_aspect: bool = False       # square crops, so people keep their proportions (SquareCrop)
     colour: bool = False            # also vary saturation and hue (colour_transforms)
@@ -399,8 +400,8 @@ def train(data: Path, out: Path, opts: TrainOptions = TrainOptions(), *, log=pri
         epochs = _epochs_within(learn, opts.minutes * 60, opts.lr, log=log)
     checkpoints = EpochCheckpoint(opts.checkpoint_dir)
     if opts.swa:
-        learn.fit(epochs, opts.lr, start_epoch=start_epoch,
-                  cbs=[checkpoints, WeightAveraging(opts.checkpoint_dir, resume=opts.resume)])
+        averaging = WeightAveraging(opts.checkpoint_dir, resume=opts.resume, every=opts.swa_every)
+        learn.fit(epochs, opts.lr, start_epoch=start_epoch, cbs=[checkpoints, averaging])
     else:
         learn.fit_one_cycle(epochs, opts.lr, start_epoch=start_epoch, cbs=[checkpoints])
     minutes = (time.time() - started) / 60
@@ -412,7 +413,9 @@ def train(data: Path, out: Path, opts: TrainOptions = TrainOptions(), *, log=pri
         "data": str(data), "images": len(dls.train_ds) + len(dls.valid_ds),
         "epochs": epochs, "size": opts.size, "min_scale": opts.min_scale, "bs": opts.bs, "lr": opts.lr,
         "loss": opts.loss, "keep_aspect": opts.keep_aspect, "colour": opts.colour,
-        "schedule": "swa" if opts.swa else "one-cycle", "no_geometry": list(opts.no_geometry),
+        "schedule": "swa" if opts.swa else "one-cycle",
+        **({"swa_every": opts.swa_every} if opts.swa and opts.swa_every else {}),
+        "no_geometry": list(opts.no_geometry),
         "from_model": str(opts.from_model) if opts.from_model else None,
         "minutes": round(minutes, 1), "device": _describe_device(device),
         "valid_loss": round(valid_loss, 4), "valid_iou": round(valid_iou, 4),
@@ -569,21 +572,28 @@ class EpochCheckpoint(SaveModelCallback):
 
 class WeightAveraging(Callback):
     """Stochastic weight averaging (Izmailov et al., 2018): the model ends as the mean of its weights
-    at every epoch's end, with BatchNorm statistics recomputed for those mean weights.
+    at every epoch's end (or, with `every`, after every `every`-th training batch of each epoch), with
+    BatchNorm statistics recomputed for those mean weights.
 
         learn.fit(12, 1e-4, cbs=[WeightAveraging(checkpoint_dir)])
+        learn.fit(2, 1e-4, cbs=[WeightAveraging(checkpoint_dir, every=50)])   # 8 snapshots an epoch of 441
 
     Meant for a constant learning rate after a model has converged: each epoch ends at a different
     point of the same low-loss basin, and their mean lies nearer its centre, which generalises better
-    than any one of them (the uniform "soups" of blurvid's fine-tunes gained the same way). The running
-    mean is saved beside the epoch checkpoint, so a resumed run (`resume=True`) keeps averaging.
+    than any one of them (the uniform "soups" of blurvid's fine-tunes gained the same way). A short
+    fine-tune visits few epoch ends (two epochs average two points), so `every` samples the same path
+    more densely. The running mean is saved at each epoch's end, so a resumed run (`resume=True`)
+    keeps averaging; batches are counted within each epoch, so a resumed run takes the same snapshots.
     """
 
     order = 60   # after the Recorder (50), as fastai's own trackers run; it needs no other callback
 
-    def __init__(self, folder: Path, resume: bool = False):
+    def __init__(self, folder: Path, resume: bool = False, every: int | None = None):
+        if every is not None and every < 1:
+            raise ValueError(f"every must be at least 1 batch, not {every}")
         self.path = Path(folder) / "average.pth"
         self.resume = resume
+        self.every = every
 
     def before_fit(self):
         self.average = AveragedModel(self.learn.model)
@@ -596,10 +606,15 @@ class WeightAveraging(Callback):
     def after_cancel_epoch(self):
         self.cancelled = True   # an epoch a resumed run skips (fastai still calls after_epoch for it)
 
+    def after_batch(self):
+        if self.every is not None and self.training and (self.iter + 1) % self.every == 0:
+            self.average.update_parameters(self.learn.model)
+
     def after_epoch(self):
         if self.cancelled:
             return
-        self.average.update_parameters(self.learn.model)
+        if self.every is None:
+            self.average.update_parameters(self.learn.model)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(self.average.state_dict(), self.path)
 

@@ -292,6 +292,55 @@ def test_weight_averaging_writes_the_mean_of_each_epochs_weights_across_a_resume
     assert squared_distance(load_model(again.path)[0].state_dict(), written) < 0.01 * half_step
 
 
+def test_weight_averaging_every_n_batches_is_the_mean_of_those_batches_weights(tmp_path):
+    """--swa-every 2: the weights written are the mean of the weights after batches 2, 4, ... of each
+    epoch (counted within the epoch), not of the epoch ends; the running mean is saved at each end."""
+    import torch
+    from fastai.callback.core import Callback
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from fastai.learner import Learner
+    from fastai.optimizer import SGD
+
+    from pipeline.train import WeightAveraging
+
+    class Snapshots(Callback):
+        order = WeightAveraging.order + 1   # sees the weights WeightAveraging has just seen
+
+        def before_fit(self):
+            self.taken = []
+
+        def after_batch(self):
+            if self.training:
+                self.taken.append((self.iter, self.learn.model.weight.detach().clone()))
+
+    torch.manual_seed(0)
+    x = torch.randn(20, 3)
+    items = list(zip(x, x @ torch.tensor([[1.0], [-2.0], [0.5]])))
+    dls = DataLoaders(DataLoader(items, bs=4), DataLoader(items[:4], bs=4))   # 5 batches an epoch
+    learn = Learner(dls, torch.nn.Linear(3, 1, bias=False), loss_func=torch.nn.MSELoss(), opt_func=SGD, lr=0.05)
+    snapshots = Snapshots()
+    learn.fit(2, cbs=[WeightAveraging(tmp_path, every=2), snapshots])
+
+    chosen = [w for i, w in snapshots.taken if (i + 1) % 2 == 0]
+    assert len(snapshots.taken) == 10 and len(chosen) == 4   # batches 2 and 4 of each epoch
+    assert torch.allclose(learn.model.weight, torch.stack(chosen).mean(0), atol=1e-6)
+    assert not torch.allclose(learn.model.weight, snapshots.taken[-1][1], atol=1e-4)   # not the last weights
+    assert torch.load(tmp_path / "average.pth")["n_averaged"] == 4
+    with pytest.raises(ValueError, match="every"):
+        WeightAveraging(tmp_path, every=0)
+
+
+def test_swa_every_needs_swa(tiny, tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    result = CliRunner().invoke(main, ["train", str(tiny), "-o", str(tmp_path / "m.safetensors"), "--swa-every", "5"])
+    assert result.exit_code != 0 and "--swa-every" in result.stderr
+    assert not (tmp_path / "m.safetensors").exists()
+
+
 def test_dice_term_scores_overlap_per_image():
     """CE + Dice equals cross-entropy plus 1 - soft Dice averaged over images and classes, so a
     missed small person costs as much Dice as a missed large one, where cross-entropy barely notices."""
