@@ -10,6 +10,7 @@ exit 2 (click's usage errors).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import click
@@ -392,10 +393,10 @@ def train(data: Path, output: Path, epochs: int, minutes, size: int, min_scale: 
           no_geometry: tuple[str, ...], valid_pct: float, valid_list, from_model, resume: bool, checkpoint_dir,
           export_pkl, workers, device: str) -> None:
     """Train the person U-Net on DATA (images/ and masks/ with matching names)."""
-    if swa_every is not None and not swa:
-        raise click.UsageError("--swa-every sets how often --swa averages: give --swa too")
-    from pipeline.train import DEFAULT_CHECKPOINTS, TrainOptions
-    from pipeline.train import train as run_training
+    with warnings.catch_warnings():   # fastai's imports warn about torch.jit and pandas options
+        warnings.simplefilter("ignore")
+        from pipeline.train import DEFAULT_CHECKPOINTS, TrainOptions
+        from pipeline.train import train as run_training
 
     opts = TrainOptions(epochs=epochs, minutes=minutes, size=size, min_scale=min_scale,
                         keep_aspect=keep_aspect, colour=colour, bs=bs, lr=lr,

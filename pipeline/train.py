@@ -81,6 +81,10 @@ class TrainOptions:
     keep_aspect: bool = False       # square crops, so people keep their proportions (SquareCrop)
     colour: bool = False            # also vary saturation and hue (colour_transforms)
 
+    def __post_init__(self):
+        if self.swa_every is not None and not self.swa:
+            raise InputError("--swa-every sets how often --swa averages: give --swa too")
+
 
 class PixelPlusOverlapLoss:
     """A per-pixel loss (cross-entropy unless `pixel_loss` names another of fastai's flat losses) plus
