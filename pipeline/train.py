@@ -33,6 +33,7 @@ from fastai.data.block import DataBlock, TransformBlock
 from fastai.data.transforms import FuncSplitter, IntToFloatTensor, Normalize, RandomSplitter
 from fastai.losses import CrossEntropyLossFlat, DiceLoss, FocalLossFlat
 from fastai.metrics import JaccardCoeff
+from fastai.torch_core import set_seed
 from fastai.vision.augment import Hue, RandomResizedCrop, RandTransform, Saturation, aug_transforms
 from fastai.vision.core import PILImage, PILMask
 from fastai.vision.data import ImageBlock, MaskBlock
@@ -65,7 +66,7 @@ class TrainOptions:
     lr: float = 2e-3
     valid_pct: float = 0.1          # random validation split, unless valid_list names the images
     valid_list: Path | None = None  # a file of image stems to validate on
-    seed: int = 42
+    seed: int = 42                  # the validation split, the order of the images, the augmentations
     work_size: tuple[int, int] = (256, 144)  # (w, h) recorded in the model config
     from_model: Path | None = None  # fine-tune these weights instead of starting from scratch
     resume: bool = False            # continue from the last epoch checkpoint in checkpoint_dir
@@ -366,9 +367,7 @@ def train(data: Path, out: Path, opts: TrainOptions = TrainOptions(), *, log=pri
     """Train on DATA and write OUT (.safetensors + .json)."""
     data, out = Path(data), Path(out)
     device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch.manual_seed(opts.seed)
-    random.seed(opts.seed)
-    np.random.seed(opts.seed)
+    set_seed(opts.seed)   # torch's, numpy's and Python's generators: the augmentations draw from all three
     config = ModelConfig(work_size=opts.work_size)
     if opts.from_model is not None:
         _, base = load_model(opts.from_model)
@@ -416,7 +415,7 @@ def train(data: Path, out: Path, opts: TrainOptions = TrainOptions(), *, log=pri
         **({"base": config.training} if config.training else {}),   # what the --from model was trained on
         "data": str(data), "images": len(dls.train_ds) + len(dls.valid_ds),
         "epochs": epochs, "size": opts.size, "min_scale": opts.min_scale, "bs": opts.bs, "lr": opts.lr,
-        "loss": opts.loss, "keep_aspect": opts.keep_aspect, "colour": opts.colour,
+        "loss": opts.loss, "keep_aspect": opts.keep_aspect, "colour": opts.colour, "seed": opts.seed,
         "schedule": "swa" if opts.swa else "one-cycle",
         **({"swa_every": opts.swa_every} if opts.swa and opts.swa_every else {}),
         "no_geometry": list(opts.no_geometry),

@@ -196,6 +196,42 @@ def test_training_without_geometry_for_some_images_exports(tiny, tmp_path):
         assert prob.shape == (1, 48, 64) and np.isfinite(prob).all()
 
 
+def test_seed_chooses_the_split_and_the_batches_and_repeats_them(tiny):
+    """The same seed gives the same validation images and the same first batch; other seeds, other ones."""
+    import torch
+    from fastai.torch_core import set_seed
+
+    from pipeline.train import TrainOptions, make_dataloaders
+
+    def run(seed: int):
+        set_seed(seed)   # as train() does before it builds the loaders
+        opts = TrainOptions(size=32, bs=4, num_workers=0, valid_pct=0.25, seed=seed)
+        dls = make_dataloaders(tiny, opts, torch.device("cpu"))
+        images, _ = dls.train.one_batch()
+        return sorted(Path(p).stem for p in dls.valid.items), images
+
+    split, batch = run(7)
+    again_split, again_batch = run(7)
+    assert split == again_split and torch.equal(batch, again_batch)
+    others = [run(seed) for seed in (8, 9, 10)]
+    assert any(other_split != split for other_split, _ in others)
+    assert all(not torch.equal(other_batch, batch) for _, other_batch in others)
+
+
+def test_train_cli_seed_is_recorded_in_the_card(tiny, tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+    from pipeline.segment import load_model
+
+    out = tmp_path / "m.safetensors"
+    result = CliRunner().invoke(main, ["train", str(tiny), "-o", str(out), "--epochs", "1", "--size", "32",
+                                       "--bs", "4", "--work-size", "64x48", "--workers", "0", "--seed", "7",
+                                       "--checkpoint-dir", str(tmp_path / "ck")])
+    assert result.exit_code == 0, result.output
+    assert load_model(out)[1].training["seed"] == 7
+
+
 def test_train_cli_offers_exactly_the_losses_train_knows():
     """cli.py spells out LOSSES' names (so --help need not import fastai); they must not drift apart."""
     from pipeline.cli import train as train_command
