@@ -380,9 +380,8 @@ def preview(thumb_dir: Path, columns: int, video: Path | None, source: Path | No
 @click.option("--valid-list", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="File of image names (stems) to validate on instead of a random split.")
 @click.option("--seed", type=int, default=42, show_default=True,
-              help="Chooses the validation split, the order of the images and the augmentations, so a run "
-                   "repeats; another seed gives another run of the same recipe (e.g. more ingredients "
-                   "for `blurvid soup`).")
+              help="Seeds the validation split, the order of the images and the augmentations; another "
+                   "seed gives another run of the same recipe (e.g. more fine-tunes for `blurvid soup`).")
 @click.option("--from", "from_model", type=click.Path(path_type=Path), default=None,
               help="Fine-tune this model instead of starting from scratch.")
 @click.option("--resume", is_flag=True, help="Continue from the last epoch checkpoint.")
@@ -405,8 +404,8 @@ def train(data: Path, output: Path, epochs: int, minutes, size: int, min_scale: 
     opts = TrainOptions(epochs=epochs, minutes=minutes, size=size, min_scale=min_scale,
                         keep_aspect=keep_aspect, colour=colour, bs=bs, lr=lr,
                         loss=loss, swa=swa, swa_every=swa_every, no_geometry=no_geometry, valid_pct=valid_pct,
-                        valid_list=valid_list, seed=seed, work_size=work_size, from_model=from_model, resume=resume,
-                        checkpoint_dir=checkpoint_dir or DEFAULT_CHECKPOINTS,
+                        valid_list=valid_list, seed=seed, work_size=work_size, from_model=from_model,
+                        resume=resume, checkpoint_dir=checkpoint_dir or DEFAULT_CHECKPOINTS,
                         export_pkl=export_pkl, num_workers=workers, device=_resolve_device(device))
     run_training(data, output, opts, log=lambda msg: click.echo(msg, err=True))
 
