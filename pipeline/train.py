@@ -417,7 +417,7 @@ def train(data: Path, out: Path, opts: TrainOptions = TrainOptions(), *, log=pri
         "epochs": epochs, "size": opts.size, "min_scale": opts.min_scale, "bs": opts.bs, "lr": opts.lr,
         "loss": opts.loss, "keep_aspect": opts.keep_aspect, "colour": opts.colour, "seed": opts.seed,
         "schedule": "swa" if opts.swa else "one-cycle",
-        **({"swa_every": opts.swa_every} if opts.swa and opts.swa_every else {}),
+        **({"swa_every": opts.swa_every} if opts.swa_every else {}),   # TrainOptions ensures swa
         "no_geometry": list(opts.no_geometry),
         "from_model": str(opts.from_model) if opts.from_model else None,
         "minutes": round(minutes, 1), "device": _describe_device(device),
